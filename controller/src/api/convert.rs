@@ -1,0 +1,70 @@
+//! Domain ↔ proto conversion.
+use flotilla_proto::v1 as pb;
+
+use crate::state::{Event, EventAction, Flavor, Member, Meta, Project};
+
+pub fn meta(m: &Meta) -> pb::ResourceMeta {
+    pb::ResourceMeta {
+        create_revision: m.create_revision,
+        update_revision: m.update_revision,
+        created_at_ms: m.created_at_ms,
+        updated_at_ms: m.updated_at_ms,
+    }
+}
+
+pub fn project(p: &Project) -> pb::Project {
+    pb::Project {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        description: p.description.clone(),
+        enabled: p.enabled,
+        properties: p.properties.clone().into_iter().collect(),
+        meta: Some(meta(&p.meta)),
+    }
+}
+
+pub fn flavor(f: &Flavor) -> pb::Flavor {
+    pb::Flavor {
+        id: f.id.clone(),
+        name: f.name.clone(),
+        vcpus: f.vcpus,
+        ram_mib: f.ram_mib,
+        disk_gib: f.disk_gib,
+        ephemeral_gib: f.ephemeral_gib,
+        swap_mib: f.swap_mib,
+        is_public: f.is_public,
+        description: f.description.clone(),
+        extra_specs: f.extra_specs.clone().into_iter().collect(),
+        access_project_ids: f.access_project_ids.iter().cloned().collect(),
+        meta: Some(meta(&f.meta)),
+    }
+}
+
+pub fn member(m: &Member, voter: bool) -> pb::Member {
+    pb::Member {
+        id: m.id,
+        name: m.name.clone(),
+        client_address: m.client_address.clone(),
+        peer_address: m.peer_address.clone(),
+        voter,
+    }
+}
+
+pub fn event(e: &Event) -> pb::Event {
+    let action = match e.action {
+        EventAction::Created => pb::EventAction::Created,
+        EventAction::Updated => pb::EventAction::Updated,
+        EventAction::Deleted => pb::EventAction::Deleted,
+    };
+    pb::Event {
+        revision: e.revision,
+        time_ms: e.time_ms,
+        resource_type: e.resource_type.clone(),
+        resource_id: e.resource_id.clone(),
+        resource_name: e.resource_name.clone(),
+        action: action as i32,
+        project_id: e.project_id.clone(),
+        actor: e.actor.clone(),
+        request_id: e.request_id.clone(),
+    }
+}

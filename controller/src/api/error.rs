@@ -1,0 +1,42 @@
+//! The one place where controller errors become gRPC statuses.
+use tonic::metadata::MetadataValue;
+use tonic::Status;
+
+use crate::raft::{NodeError, NodeHandle};
+use crate::state::Rejection;
+
+pub fn rejection(r: Rejection) -> Status {
+    let msg = r.to_string();
+    match r {
+        Rejection::NotFound { .. } => Status::not_found(msg),
+        Rejection::AlreadyExists { .. } => Status::already_exists(msg),
+        Rejection::Invalid(_) | Rejection::RequestIdReused { .. } => Status::invalid_argument(msg),
+        Rejection::FailedPrecondition(_) => Status::failed_precondition(msg),
+    }
+}
+
+/// Node errors are all "try again" except refused membership changes. UNAVAILABLE answers carry
+/// the leader's client address when this controller knows it, so clients can go straight there.
+pub fn node(e: NodeError, node: &NodeHandle) -> Status {
+    let msg = e.to_string();
+    match e {
+        NodeError::MembershipRefused(_) => Status::failed_precondition(msg),
+        NodeError::Timeout(_) => with_leader(Status::unavailable(msg), node),
+        NodeError::Stopped => Status::unavailable(msg),
+        NodeError::NoLeader | NodeError::NotLeader { .. } | NodeError::LeaderChanged => {
+            with_leader(Status::unavailable(msg), node)
+        }
+    }
+}
+
+fn with_leader(mut status: Status, node: &NodeHandle) -> Status {
+    let leader = node.status().leader_id;
+    if leader == 0 || leader == node.id() {
+        return status;
+    }
+    let address = node.state().member(leader).map(|m| m.client_address.clone());
+    if let Some(addr) = address.and_then(|a| MetadataValue::try_from(a).ok()) {
+        status.metadata_mut().insert(flotilla_proto::LEADER_METADATA_KEY, addr);
+    }
+    status
+}

@@ -1,0 +1,36 @@
+//! `flotilla-controller`: runs one controller replica, or generates the cluster's TLS material.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "flotilla-controller", version, about = "Flotilla controller replica")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a controller with the given configuration file.
+    Run {
+        #[arg(long, env = "FLOTILLA_CONTROLLER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Generate a cluster CA (reused if DIR already holds one) and certificates for nodes and
+    /// clients, signed by it.
+    GenCerts(flotilla_controller::certs::GenCertsArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            flotilla_controller::telemetry::init();
+            let config = flotilla_controller::config::ControllerConfig::load(&config)?.validate()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(flotilla_controller::server::run(config))
+        }
+        Command::GenCerts(args) => flotilla_controller::certs::generate(&args),
+    }
+}

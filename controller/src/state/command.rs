@@ -1,0 +1,132 @@
+//! Commands: the only way cluster state changes (I1). A log entry's data is
+//! `[FORMAT_VERSION] ++ bincode(Envelope)`.
+//!
+//! Policy for evolution: new `Command` variants are appended at the end (bincode encodes the
+//! variant index), so old logs keep decoding. An entry with a newer format version, or a variant
+//! this binary does not know, cannot be applied deterministically: decoding fails and the node
+//! stops with a message asking for an upgrade — it never skips an entry.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::Member;
+
+pub const FORMAT_VERSION: u8 = 1;
+
+/// A command with everything `apply` needs stamped in by the proposing controller: time, fresh
+/// ids, who asked and the client's request id. Apply reads no clock and no randomness (I2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Client request id for deduplication (I4); empty disables it.
+    pub request_id: String,
+    /// Who asked (user name or "bootstrap-admin").
+    pub actor: String,
+    /// Leader-stamped wall clock, ms since the Unix epoch.
+    pub time_ms: i64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Records the initial members of a new cluster; ignored once any member is known.
+    Bootstrap { members: Vec<Member> },
+    CreateProject {
+        id: String,
+        name: String,
+        description: String,
+        enabled: bool,
+        properties: BTreeMap<String, String>,
+    },
+    UpdateProject {
+        /// Id or name.
+        project: String,
+        name: Option<String>,
+        description: Option<String>,
+        enabled: Option<bool>,
+        set_properties: BTreeMap<String, String>,
+        unset_properties: Vec<String>,
+    },
+    DeleteProject {
+        project: String,
+    },
+    CreateFlavor(FlavorSpec),
+    UpdateFlavor {
+        flavor: String,
+        description: Option<String>,
+        is_public: Option<bool>,
+        set_extra_specs: BTreeMap<String, String>,
+        unset_extra_specs: Vec<String>,
+    },
+    DeleteFlavor {
+        flavor: String,
+    },
+    AddFlavorAccess {
+        flavor: String,
+        project: String,
+    },
+    RemoveFlavorAccess {
+        flavor: String,
+        project: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlavorSpec {
+    pub id: String,
+    pub name: String,
+    pub vcpus: u32,
+    pub ram_mib: u64,
+    pub disk_gib: u64,
+    pub ephemeral_gib: u64,
+    pub swap_mib: u64,
+    pub is_public: bool,
+    pub description: String,
+    pub extra_specs: BTreeMap<String, String>,
+}
+
+impl Command {
+    /// Stable name of the operation, used to detect a request id reused for something else.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Bootstrap { .. } => "bootstrap",
+            Command::CreateProject { .. } => "create_project",
+            Command::UpdateProject { .. } => "update_project",
+            Command::DeleteProject { .. } => "delete_project",
+            Command::CreateFlavor(_) => "create_flavor",
+            Command::UpdateFlavor { .. } => "update_flavor",
+            Command::DeleteFlavor { .. } => "delete_flavor",
+            Command::AddFlavorAccess { .. } => "add_flavor_access",
+            Command::RemoveFlavorAccess { .. } => "remove_flavor_access",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("log entry is empty")]
+    Empty,
+    #[error(
+        "log entry has format version {0}, this controller understands up to {FORMAT_VERSION}; \
+         upgrade this controller"
+    )]
+    NewerVersion(u8),
+    #[error("log entry cannot be decoded (corrupt, or written by a newer controller)")]
+    Malformed(#[source] bincode::Error),
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT_VERSION];
+        // Serializing plain owned data into a Vec cannot fail.
+        bincode::serialize_into(&mut out, self).expect("envelope serializes");
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Envelope, DecodeError> {
+        match data.first() {
+            None => Err(DecodeError::Empty),
+            Some(&v) if v > FORMAT_VERSION || v == 0 => Err(DecodeError::NewerVersion(v)),
+            Some(_) => bincode::deserialize(&data[1..]).map_err(DecodeError::Malformed),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The replicated state machine (I1, I2, I4, I8). Pure: no I/O, no clock, no randomness.
+//!
+//! `State::apply(index, &Envelope) -> Outcome` is the only mutation. Every replica that applies
+//! the same entries reaches the same state, which [`State::checksum`] lets tests and operators
+//! compare. Each successful change gets the next revision and an [`Event`]; recent request ids
+//! are remembered so a retried request returns its original outcome.
+mod command;
+mod flavors;
+mod model;
+mod outcome;
+mod projects;
+pub mod validate;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use command::{Command, DecodeError, Envelope, FlavorSpec, FORMAT_VERSION};
+pub use model::{Event, EventAction, Flavor, Member, Meta, Project};
+pub use outcome::{Outcome, Rejection};
+
+/// Events kept for watchers that resume from an old revision.
+pub const EVENT_RETENTION: usize = 20_000;
+/// Request ids remembered for deduplication: at most this many…
+pub const DEDUP_MAX_ENTRIES: usize = 100_000;
+/// …and none older than this (leader-stamped time).
+pub const DEDUP_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Remembered {
+    kind: String,
+    time_ms: i64,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    /// Index of the last applied log entry.
+    applied_index: u64,
+    /// Revision of the last change; 0 before any.
+    revision: u64,
+    members: BTreeMap<u64, Member>,
+    projects: BTreeMap<String, Project>,
+    flavors: BTreeMap<String, Flavor>,
+    events: VecDeque<Event>,
+    requests: BTreeMap<String, Remembered>,
+    request_order: VecDeque<(i64, String)>,
+    // Derived lookups, rebuilt after decoding and never encoded.
+    #[serde(skip)]
+    project_names: BTreeMap<String, String>,
+    #[serde(skip)]
+    flavor_names: BTreeMap<String, String>,
+}
+
+/// What a change did, for the event log.
+struct Change<'a> {
+    resource_type: &'a str,
+    resource_id: String,
+    resource_name: String,
+    action: EventAction,
+    project_id: String,
+}
+
+impl State {
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// Applies one committed entry. `index` is its Raft index.
+    pub fn apply(&mut self, index: u64, env: &Envelope) -> Outcome {
+        self.applied_index = index;
+        self.forget_old_requests(env.time_ms);
+        if !env.request_id.is_empty() {
+            if let Some(seen) = self.requests.get(&env.request_id) {
+                if seen.kind != env.command.kind() {
+                    return Outcome::Rejected(Rejection::RequestIdReused {
+                        request_id: env.request_id.clone(),
+                        previous: seen.kind.clone(),
+                    });
+                }
+                return seen.outcome.clone();
+            }
+        }
+        let revision = self.revision + 1;
+        let result = match &env.command {
+            Command::Bootstrap { members } => Ok(self.bootstrap(members)),
+            Command::CreateProject { .. }
+            | Command::UpdateProject { .. }
+            | Command::DeleteProject { .. } => self.apply_project(revision, env),
+            Command::CreateFlavor(_)
+            | Command::UpdateFlavor { .. }
+            | Command::DeleteFlavor { .. }
+            | Command::AddFlavorAccess { .. }
+            | Command::RemoveFlavorAccess { .. } => self.apply_flavor(revision, env),
+        };
+        let outcome = match result {
+            Ok((outcome, Some(change))) => {
+                self.record(revision, env, change);
+                outcome
+            }
+            Ok((outcome, None)) => outcome,
+            Err(rejection) => Outcome::Rejected(rejection),
+        };
+        if !env.request_id.is_empty() {
+            self.remember(env, &outcome);
+        }
+        outcome
+    }
+
+    /// Records a membership change made by a Raft configuration change entry.
+    pub fn apply_member_change(&mut self, index: u64, added: Option<Member>, removed: Option<u64>) {
+        self.applied_index = index;
+        if let Some(id) = removed {
+            self.members.remove(&id);
+        }
+        if let Some(m) = added {
+            self.members.insert(m.id, m);
+        }
+    }
+
+    /// Notes an entry that changes no state (e.g. the empty entry of a new leader).
+    pub fn apply_noop(&mut self, index: u64) {
+        self.applied_index = index;
+    }
+
+    fn bootstrap(&mut self, members: &[Member]) -> (Outcome, Option<Change<'static>>) {
+        if !self.members.is_empty() {
+            return (Outcome::Unchanged, None);
+        }
+        for m in members {
+            self.members.insert(m.id, m.clone());
+        }
+        (Outcome::Members(members.to_vec()), None)
+    }
+
+    fn record(&mut self, revision: u64, env: &Envelope, change: Change<'_>) {
+        self.revision = revision;
+        if self.events.len() >= EVENT_RETENTION {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event {
+            revision,
+            time_ms: env.time_ms,
+            resource_type: change.resource_type.to_owned(),
+            resource_id: change.resource_id,
+            resource_name: change.resource_name,
+            action: change.action,
+            project_id: change.project_id,
+            actor: env.actor.clone(),
+            request_id: env.request_id.clone(),
+        });
+    }
+
+    fn remember(&mut self, env: &Envelope, outcome: &Outcome) {
+        self.requests.insert(
+            env.request_id.clone(),
+            Remembered {
+                kind: env.command.kind().to_owned(),
+                time_ms: env.time_ms,
+                outcome: outcome.clone(),
+            },
+        );
+        self.request_order.push_back((env.time_ms, env.request_id.clone()));
+    }
+
+    fn forget_old_requests(&mut self, now_ms: i64) {
+        while let Some((t, id)) = self.request_order.front() {
+            if self.request_order.len() > DEDUP_MAX_ENTRIES || *t < now_ms - DEDUP_WINDOW_MS {
+                self.requests.remove(id);
+                self.request_order.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    pub fn member(&self, id: u64) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    /// Projects in id order, starting after `after` (exclusive) when given.
+    pub fn projects_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Project> + 'a {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let lower = if after.is_empty() {
+            Unbounded
+        } else {
+            Excluded(after.to_owned())
+        };
+        self.projects.range((lower, Unbounded)).map(|(_, p)| p)
+    }
+
+    /// Looks a project up by id, then by name.
+    pub fn project(&self, key: &str) -> Option<&Project> {
+        self.projects
+            .get(key)
+            .or_else(|| self.project_names.get(key).and_then(|id| self.projects.get(id)))
+    }
+
+    pub fn project_count(&self) -> usize {
+        self.projects.len()
+    }
+
+    pub fn flavors_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Flavor> + 'a {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let lower = if after.is_empty() {
+            Unbounded
+        } else {
+            Excluded(after.to_owned())
+        };
+        self.flavors.range((lower, Unbounded)).map(|(_, f)| f)
+    }
+
+    pub fn flavor(&self, key: &str) -> Option<&Flavor> {
+        self.flavors
+            .get(key)
+            .or_else(|| self.flavor_names.get(key).and_then(|id| self.flavors.get(id)))
+    }
+
+    /// Retained events with revision greater than `after`, oldest first. `Err(oldest)` when
+    /// events after `after` were already dropped (the watcher must re-list).
+    pub fn events_after(&self, after: u64) -> Result<impl Iterator<Item = &Event>, u64> {
+        if let Some(oldest) = self.events.front() {
+            if after + 1 < oldest.revision {
+                return Err(oldest.revision);
+            }
+        }
+        let start = self.events.partition_point(|e| e.revision <= after);
+        Ok(self.events.range(start..))
+    }
+
+    /// Encodes the whole state (for snapshots). Deterministic.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT_VERSION];
+        bincode::serialize_into(&mut out, self).expect("state serializes");
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Result<State, DecodeError> {
+        let mut state: State = match data.first() {
+            None => return Err(DecodeError::Empty),
+            Some(&v) if v > FORMAT_VERSION || v == 0 => return Err(DecodeError::NewerVersion(v)),
+            Some(_) => bincode::deserialize(&data[1..]).map_err(DecodeError::Malformed)?,
+        };
+        state.project_names = state.projects.values().map(|p| (p.name.clone(), p.id.clone())).collect();
+        state.flavor_names = state.flavors.values().map(|f| (f.name.clone(), f.id.clone())).collect();
+        Ok(state)
+    }
+
+    /// SHA-256 of the encoded state, hex, first 16 characters. Equal on every replica at the
+    /// same applied index.
+    pub fn checksum(&self) -> String {
+        let digest = Sha256::digest(self.encode());
+        hex::encode(&digest[..8])
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages that building and testing Flotilla need.
+#
+#   deploy/install-deps.sh            build and test dependencies
+#   deploy/install-deps.sh --bench    the same, plus etcd (the peer the benchmarks compare with)
+#
+# Idempotent: packages already installed are left alone, and apt is not touched at all when
+# nothing is missing (so it also succeeds without root then). Installing needs root. Services
+# that packages would start on install (etcd) are not started: benchmarks run their own.
+# The Rust toolchain itself is not a Debian package here (Debian 12's cargo is too old); this
+# script only reports whether a recent enough one is on PATH.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log() { printf 'install-deps: %s\n' "$*"; }
+
+usage() {
+    sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+}
+
+bench=0
+for arg in "$@"; do
+    case $arg in
+        --bench) bench=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) printf 'install-deps: unknown argument %q\n' "$arg" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+packages=(build-essential pkg-config ca-certificates curl)
+if ((bench)); then
+    packages+=(etcd-server etcd-client)
+fi
+
+is_installed() {
+    [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null) == ii* ]]
+}
+
+missing=()
+for p in "${packages[@]}"; do
+    if is_installed "$p"; then
+        log "$p is already installed"
+    else
+        missing+=("$p")
+    fi
+done
+
+if ((${#missing[@]} == 0)); then
+    log "all ${#packages[@]} packages are present; apt not needed"
+else
+    if ((EUID != 0)); then
+        log "missing: ${missing[*]}"
+        log "run this script as root (sudo $0 $*) to install them"
+        exit 1
+    fi
+    # Keep maintainer scripts from starting services (etcd) on install: a policy-rc.d that
+    # denies every start, present only while we install, and only if none exists already.
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
+    log "apt-get update"
+    apt-get update
+    log "apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    log "installed: ${missing[*]}"
+fi
+
+# The toolchain: report only.
+want=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$repo/Cargo.toml" 2>/dev/null | head -n 1)
+want=${want:-1.88}
+if command -v cargo >/dev/null 2>&1; then
+    have=$(rustc --version 2>/dev/null | awk '{print $2}')
+    if [[ -n $have && $(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n 1) != "$want" ]]; then
+        log "warning: rustc $have is older than the $want this workspace needs; update it with rustup"
+    else
+        log "Rust toolchain: rustc ${have:-unknown} (need >= $want)"
+    fi
+else
+    log "note: cargo is not on PATH; install Rust >= $want with rustup (Debian 12's cargo is too old)"
+fi
+if ((bench)); then
+    log "etcd: $(command -v etcd || echo 'not on PATH') (not started; benchmarks run their own)"
+fi
