@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{cluster::ClusterCmd, event::EventCmd, flavor::FlavorCmd, project::ProjectCmd};
+use crate::commands::{
+    cluster::ClusterCmd, event::EventCmd, flavor::FlavorCmd, project::ProjectCmd,
+};
 
 /// Operate a Flotilla cluster.
 #[derive(Debug, Parser)]

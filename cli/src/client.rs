@@ -98,7 +98,9 @@ impl Connection {
     /// Reads the TLS files and prepares the authorization header; opens no connection yet.
     pub fn new(settings: &Settings) -> Result<Self, CliError> {
         if settings.endpoints.is_empty() {
-            return Err(CliError::Config("no controller endpoints configured".into()));
+            return Err(CliError::Config(
+                "no controller endpoints configured".into(),
+            ));
         }
         let tls = match &settings.tls {
             None => None,
@@ -115,11 +117,11 @@ impl Connection {
         };
         let auth = match &settings.token {
             None => None,
-            Some(token) => Some(
-                MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            Some(token) => Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(
+                |_| {
                     CliError::Config("the token contains characters not allowed in a header".into())
-                })?,
-            ),
+                },
+            )?),
         };
         Ok(Connection {
             endpoints: settings.endpoints.clone(),
@@ -223,9 +225,7 @@ impl Connection {
             return Ok(channel.clone());
         }
         let mut endpoint = Endpoint::from_shared(target.to_string())
-            .map_err(|_| {
-                Failure::Fatal(CliError::Config(format!("invalid endpoint `{target}`")))
-            })?
+            .map_err(|_| Failure::Fatal(CliError::Config(format!("invalid endpoint `{target}`"))))?
             .connect_timeout(budget);
         if target.starts_with("https://") {
             let tls = self.tls.clone().ok_or_else(|| {
@@ -311,10 +311,22 @@ mod tests {
 
     #[test]
     fn endpoints_get_a_scheme() {
-        assert_eq!(normalize_endpoint("127.0.0.1:7001", false).unwrap(), "http://127.0.0.1:7001");
-        assert_eq!(normalize_endpoint("127.0.0.1:7001", true).unwrap(), "https://127.0.0.1:7001");
-        assert_eq!(normalize_endpoint("http://h:1/", true).unwrap(), "http://h:1");
-        assert_eq!(normalize_endpoint("HTTPS://h:1", true).unwrap(), "https://h:1");
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:7001", false).unwrap(),
+            "http://127.0.0.1:7001"
+        );
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:7001", true).unwrap(),
+            "https://127.0.0.1:7001"
+        );
+        assert_eq!(
+            normalize_endpoint("http://h:1/", true).unwrap(),
+            "http://h:1"
+        );
+        assert_eq!(
+            normalize_endpoint("HTTPS://h:1", true).unwrap(),
+            "https://h:1"
+        );
         assert!(normalize_endpoint("https://h:1", false).is_err());
         assert!(normalize_endpoint("ftp://h:1", false).is_err());
         assert!(normalize_endpoint("http://", false).is_err());
@@ -354,6 +366,9 @@ mod tests {
             flotilla_proto::LEADER_METADATA_KEY,
             "127.0.0.1:7002".parse().unwrap(),
         );
-        assert_eq!(c.leader_hint(&status).as_deref(), Some("http://127.0.0.1:7002"));
+        assert_eq!(
+            c.leader_hint(&status).as_deref(),
+            Some("http://127.0.0.1:7002")
+        );
     }
 }

@@ -54,7 +54,10 @@ pub struct Settings {
 }
 
 /// `$XDG_CONFIG_HOME/flotilla/config.toml`, else `$HOME/.config/flotilla/config.toml`.
-pub fn default_config_path(xdg_config_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+pub fn default_config_path(
+    xdg_config_home: Option<OsString>,
+    home: Option<OsString>,
+) -> Option<PathBuf> {
     let base = match xdg_config_home.map(PathBuf::from) {
         Some(dir) if dir.is_absolute() => dir,
         _ => PathBuf::from(home.filter(|h| !h.is_empty())?).join(".config"),
@@ -63,7 +66,10 @@ pub fn default_config_path(xdg_config_home: Option<OsString>, home: Option<OsStr
 }
 
 /// Reads the config file: the explicit one (which must exist) or the default one if it exists.
-pub fn load(explicit: Option<&Path>, default: Option<&Path>) -> Result<Option<LoadedConfig>, CliError> {
+pub fn load(
+    explicit: Option<&Path>,
+    default: Option<&Path>,
+) -> Result<Option<LoadedConfig>, CliError> {
     let path = match (explicit, default) {
         (Some(p), _) => p,
         (None, Some(p)) if p.is_file() => p,
@@ -98,41 +104,45 @@ pub fn resolve(
         None => (ConfigFile::default(), None),
     };
     // Relative paths in the file are relative to the file.
-    let from_file = |p: Option<PathBuf>| p.map(|p| base.as_deref().map_or(p.clone(), |b| b.join(&p)));
+    let from_file =
+        |p: Option<PathBuf>| p.map(|p| base.as_deref().map_or(p.clone(), |b| b.join(&p)));
 
     let cacert = opts.cacert.clone().or_else(|| from_file(file.cacert));
     let cert = opts.cert.clone().or_else(|| from_file(file.cert));
     let key = opts.key.clone().or_else(|| from_file(file.key));
-    let tls = match (cacert, cert, key) {
-        (Some(cacert), Some(cert), Some(key)) => Some(TlsFiles {
-            cacert,
-            identity: Some((cert, key)),
-        }),
-        (Some(cacert), None, None) => Some(TlsFiles {
-            cacert,
-            identity: None,
-        }),
-        (_, Some(_), None) | (_, None, Some(_)) => {
-            return Err(CliError::Config(
+    let tls =
+        match (cacert, cert, key) {
+            (Some(cacert), Some(cert), Some(key)) => Some(TlsFiles {
+                cacert,
+                identity: Some((cert, key)),
+            }),
+            (Some(cacert), None, None) => Some(TlsFiles {
+                cacert,
+                identity: None,
+            }),
+            (_, Some(_), None) | (_, None, Some(_)) => return Err(CliError::Config(
                 "a client certificate needs both --cert and --key (FLOTILLA_CERT / FLOTILLA_KEY)"
                     .into(),
-            ))
-        }
-        (None, Some(_), Some(_)) => {
-            return Err(CliError::Config(
-                "a client certificate needs TLS: set the CA certificate with --cacert \
+            )),
+            (None, Some(_), Some(_)) => {
+                return Err(CliError::Config(
+                    "a client certificate needs TLS: set the CA certificate with --cacert \
                  (FLOTILLA_CACERT)"
-                    .into(),
-            ))
-        }
-        (None, None, None) => None,
-    };
+                        .into(),
+                ))
+            }
+            (None, None, None) => None,
+        };
 
     let raw: Vec<String> = match &opts.endpoints {
         Some(list) => list.split(',').map(str::to_string).collect(),
         None => file.endpoints.unwrap_or_default(),
     };
-    let raw: Vec<&str> = raw.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
+    let raw: Vec<&str> = raw
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
     if raw.is_empty() {
         let file_hint = default_path
             .map(|p| p.display().to_string())
@@ -187,8 +197,10 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_config_file() {
-        let cfg = file(r#"endpoints = ["f1:1", "f2:2"]
-token = "from-file""#);
+        let cfg = file(
+            r#"endpoints = ["f1:1", "f2:2"]
+token = "from-file""#,
+        );
         let s = resolve(&opts(&["--endpoints", "a:1", "--token", "flag"]), cfg, None).unwrap();
         assert_eq!(s.endpoints, vec!["http://a:1"]);
         assert_eq!(s.token.as_deref(), Some("flag"));
@@ -196,11 +208,13 @@ token = "from-file""#);
 
     #[test]
     fn the_config_file_fills_what_flags_leave_unset() {
-        let cfg = file(r#"endpoints = ["f1:1", "https://f2:2"]
+        let cfg = file(
+            r#"endpoints = ["f1:1", "https://f2:2"]
 token = "from-file"
 cacert = "ca.pem"
 cert = "/abs/client.pem"
-key = "client.key""#);
+key = "client.key""#,
+        );
         let s = resolve(&opts(&["--timeout", "3"]), cfg, None).unwrap();
         assert_eq!(s.endpoints, vec!["https://f1:1", "https://f2:2"]);
         assert_eq!(s.token.as_deref(), Some("from-file"));
@@ -218,8 +232,12 @@ key = "client.key""#);
     fn scheme_defaults_to_https_only_with_a_ca() {
         let s = resolve(&opts(&["--endpoints", "a:1, http://b:2 ,"]), None, None).unwrap();
         assert_eq!(s.endpoints, vec!["http://a:1", "http://b:2"]);
-        let s = resolve(&opts(&["--endpoints", "a:1,http://b:2", "--cacert", "ca.pem"]), None, None)
-            .unwrap();
+        let s = resolve(
+            &opts(&["--endpoints", "a:1,http://b:2", "--cacert", "ca.pem"]),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(s.endpoints, vec!["https://a:1", "http://b:2"]);
         let err = resolve(&opts(&["--endpoints", "https://a:1"]), None, None).unwrap_err();
         assert!(err.to_string().contains("--cacert"), "{err}");
@@ -227,9 +245,13 @@ key = "client.key""#);
 
     #[test]
     fn missing_endpoints_explain_how_to_set_them() {
-        let err = resolve(&opts(&[]), file("token = \"t\""), Some(Path::new("/h/.config/flotilla/config.toml")))
-            .unwrap_err()
-            .to_string();
+        let err = resolve(
+            &opts(&[]),
+            file("token = \"t\""),
+            Some(Path::new("/h/.config/flotilla/config.toml")),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("--endpoints"), "{err}");
         assert!(err.contains("FLOTILLA_ENDPOINTS"), "{err}");
         assert!(err.contains("/h/.config/flotilla/config.toml"), "{err}");
@@ -237,8 +259,18 @@ key = "client.key""#);
 
     #[test]
     fn client_certificate_needs_key_and_ca() {
-        assert!(resolve(&opts(&["--endpoints", "a:1", "--cacert", "c", "--cert", "x"]), None, None).is_err());
-        assert!(resolve(&opts(&["--endpoints", "a:1", "--cert", "x", "--key", "y"]), None, None).is_err());
+        assert!(resolve(
+            &opts(&["--endpoints", "a:1", "--cacert", "c", "--cert", "x"]),
+            None,
+            None
+        )
+        .is_err());
+        assert!(resolve(
+            &opts(&["--endpoints", "a:1", "--cert", "x", "--key", "y"]),
+            None,
+            None
+        )
+        .is_err());
     }
 
     #[test]

@@ -220,7 +220,10 @@ mod tests {
     #[test]
     fn show_prints_field_value_pairs() {
         let text = show(Format::Table, &things()[0]).unwrap();
-        assert_eq!(text, "FIELD   VALUE\nid      a\nsize    1234\nlabels  k=v\n");
+        assert_eq!(
+            text,
+            "FIELD   VALUE\nid      a\nsize    1234\nlabels  k=v\n"
+        );
     }
 
     #[test]
@@ -245,14 +248,20 @@ mod tests {
         assert_eq!(format_time_ms(0), "");
         assert_eq!(format_time_ms(1), "1970-01-01T00:00:00.001Z");
         assert_eq!(format_time_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(format_time_ms(1_714_564_800_123), "2024-05-01T12:00:00.123Z");
+        assert_eq!(
+            format_time_ms(1_714_564_800_123),
+            "2024-05-01T12:00:00.123Z"
+        );
         assert_eq!(format_time_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]
     fn enum_names_are_shortened_for_tables() {
         assert_eq!(short_enum("ROLE_PRE_CANDIDATE", "ROLE_"), "pre-candidate");
-        assert_eq!(short_enum("EVENT_ACTION_CREATED", "EVENT_ACTION_"), "created");
+        assert_eq!(
+            short_enum("EVENT_ACTION_CREATED", "EVENT_ACTION_"),
+            "created"
+        );
         assert_eq!(short_enum("7", "ROLE_"), "7");
     }
 }

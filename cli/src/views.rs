@@ -271,7 +271,9 @@ impl From<v1::MemberStatus> for MemberStatusView {
 
 impl Tabular for MemberStatusView {
     fn columns() -> &'static [&'static str] {
-        &["ID", "NAME", "ADDRESS", "ROLE", "TERM", "APPLIED", "CHECKSUM"]
+        &[
+            "ID", "NAME", "ADDRESS", "ROLE", "TERM", "APPLIED", "CHECKSUM",
+        ]
     }
     fn row(&self) -> Vec<String> {
         vec![
@@ -424,9 +426,15 @@ mod tests {
             }),
         });
         let text = show(Format::Table, &p).unwrap();
-        assert!(text.starts_with("FIELD            VALUE\nid               p-1\n"), "{text}");
+        assert!(
+            text.starts_with("FIELD            VALUE\nid               p-1\n"),
+            "{text}"
+        );
         assert!(text.contains("properties       a=1, b=2\n"), "{text}");
-        assert!(text.contains("created_at       2024-05-01T12:00:00.000Z\n"), "{text}");
+        assert!(
+            text.contains("created_at       2024-05-01T12:00:00.000Z\n"),
+            "{text}"
+        );
         let json: serde_json::Value =
             serde_json::from_str(&show(Format::Json, &p).unwrap()).unwrap();
         assert_eq!(json["properties"]["a"], "1");

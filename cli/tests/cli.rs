@@ -11,7 +11,10 @@ use common::{dead_endpoint, FakeServer, Mode, DEADLINE};
 /// Runs the binary with only the given environment variables (plus HOME = `home`).
 async fn flotilla(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
-    cmd.env_clear().env("HOME", home).args(args).kill_on_drop(true);
+    cmd.env_clear()
+        .env("HOME", home)
+        .args(args)
+        .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -33,9 +36,17 @@ fn stdout(o: &Output) -> String {
 async fn not_found_exits_1_with_a_one_line_error() {
     let home = tempfile::tempdir().unwrap();
     let server = FakeServer::start(Mode::NotFound).await;
-    let o = flotilla(home.path(), &[], &["--endpoints", &server.endpoint(), "project", "show", "x"]).await;
+    let o = flotilla(
+        home.path(),
+        &[],
+        &["--endpoints", &server.endpoint(), "project", "show", "x"],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(stderr(&o), "flotilla: error: project \"x\" not found [NOT_FOUND]\n");
+    assert_eq!(
+        stderr(&o),
+        "flotilla: error: project \"x\" not found [NOT_FOUND]\n"
+    );
     assert!(stdout(&o).is_empty());
     assert_eq!(server.rec.calls().len(), 1, "NOT_FOUND is not retried");
 }
@@ -45,7 +56,12 @@ async fn usage_errors_exit_2() {
     let home = tempfile::tempdir().unwrap();
     let o = flotilla(home.path(), &[], &["project", "frobnicate"]).await;
     assert_eq!(o.status.code(), Some(2));
-    let o = flotilla(home.path(), &[], &["flavor", "create", "small", "--vcpus", "1"]).await;
+    let o = flotilla(
+        home.path(),
+        &[],
+        &["flavor", "create", "small", "--vcpus", "1"],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(2), "--ram and --disk are required");
 }
 
@@ -55,7 +71,10 @@ async fn missing_endpoints_say_how_to_set_them() {
     let o = flotilla(home.path(), &[], &["project", "list"]).await;
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.starts_with("flotilla: error: no controller endpoints configured"), "{err}");
+    assert!(
+        err.starts_with("flotilla: error: no controller endpoints configured"),
+        "{err}"
+    );
     assert!(err.contains("FLOTILLA_ENDPOINTS"), "{err}");
 }
 
@@ -67,7 +86,10 @@ async fn the_default_config_file_is_used_when_nothing_else_is_set() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("config.toml"),
-        format!("endpoints = [\"{}\"]\ntoken = \"file-token\"\n", server.endpoint()),
+        format!(
+            "endpoints = [\"{}\"]\ntoken = \"file-token\"\n",
+            server.endpoint()
+        ),
     )
     .unwrap();
     let xdg = home.path().join("xdg");
@@ -89,16 +111,30 @@ async fn flags_beat_environment_beat_config_file() {
     let dead = dead_endpoint().await;
     let config = home.path().join("flotilla.toml");
     // The file names an endpoint where nothing listens: it must lose to the environment.
-    std::fs::write(&config, format!("endpoints = [\"{dead}\"]\ntoken = \"file-token\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("endpoints = [\"{dead}\"]\ntoken = \"file-token\"\n"),
+    )
+    .unwrap();
     let env = [
         ("FLOTILLA_CONFIG", config.to_str().unwrap()),
         ("FLOTILLA_ENDPOINTS", &server.endpoint()),
         ("FLOTILLA_TOKEN", "env-token"),
     ];
 
-    let o = flotilla(home.path(), &env, &["--timeout", "5", "project", "show", "a"]).await;
+    let o = flotilla(
+        home.path(),
+        &env,
+        &["--timeout", "5", "project", "show", "a"],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let o = flotilla(home.path(), &env, &["project", "show", "b", "--token", "flag-token"]).await;
+    let o = flotilla(
+        home.path(),
+        &env,
+        &["project", "show", "b", "--token", "flag-token"],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // Only the file's token is left when the environment does not set one.
     let o = flotilla(
@@ -109,8 +145,12 @@ async fn flags_beat_environment_beat_config_file() {
     .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
-    let tokens: Vec<Option<String>> =
-        server.rec.calls().into_iter().map(|c| c.authorization).collect();
+    let tokens: Vec<Option<String>> = server
+        .rec
+        .calls()
+        .into_iter()
+        .map(|c| c.authorization)
+        .collect();
     assert_eq!(
         tokens,
         [
@@ -125,8 +165,16 @@ async fn flags_beat_environment_beat_config_file() {
 async fn an_explicit_config_file_must_exist() {
     let home = tempfile::tempdir().unwrap();
     let missing = home.path().join("nope.toml");
-    let o = flotilla(home.path(), &[], &["--config", missing.to_str().unwrap(), "project", "list"])
-        .await;
+    let o = flotilla(
+        home.path(),
+        &[],
+        &["--config", missing.to_str().unwrap(), "project", "list"],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("cannot read config file"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot read config file"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -42,7 +42,16 @@ async fn unavailable_with_leader_hint_retries_on_the_leader_with_the_same_reques
 
     // Only the follower is configured: the leader is reached through the hint alone.
     let endpoints = follower.endpoint();
-    let r = flotilla(&["--endpoints", &endpoints, "-f", "json", "project", "create", "web"]).await;
+    let r = flotilla(&[
+        "--endpoints",
+        &endpoints,
+        "-f",
+        "json",
+        "project",
+        "create",
+        "web",
+    ])
+    .await;
     assert_eq!(r.code, 0, "stderr: {}", r.err);
 
     let asked = follower.rec.calls();
@@ -63,8 +72,16 @@ async fn an_unreachable_endpoint_falls_over_to_the_next() {
     let dead = dead_endpoint().await;
     let good = FakeServer::start(Mode::Answer).await;
     let endpoints = format!("{dead},{}", good.endpoint());
-    let r = flotilla(&["--endpoints", &endpoints, "project", "create", "web", "--property", "k=v"])
-        .await;
+    let r = flotilla(&[
+        "--endpoints",
+        &endpoints,
+        "project",
+        "create",
+        "web",
+        "--property",
+        "k=v",
+    ])
+    .await;
     assert_eq!(r.code, 0, "stderr: {}", r.err);
     assert_eq!(good.rec.calls().len(), 1);
     assert!(r.out.contains("properties"), "{}", r.out);
@@ -78,7 +95,10 @@ async fn not_found_is_not_retried_and_fails_with_exit_code_1() {
     let endpoints = format!("{},{}", missing.endpoint(), other.endpoint());
     let r = flotilla(&["--endpoints", &endpoints, "project", "show", "x"]).await;
     assert_eq!(r.code, 1);
-    assert_eq!(r.err, "flotilla: error: project \"x\" not found [NOT_FOUND]\n");
+    assert_eq!(
+        r.err,
+        "flotilla: error: project \"x\" not found [NOT_FOUND]\n"
+    );
     assert_eq!(missing.rec.calls().len(), 1);
     assert!(other.rec.calls().is_empty());
 }
@@ -88,10 +108,22 @@ async fn retries_stop_at_the_overall_deadline() {
     let stuck = FakeServer::start(Mode::Unavailable { leader: None }).await;
     let started = Instant::now();
     let endpoints = stuck.endpoint();
-    let r = flotilla(&["--endpoints", &endpoints, "--timeout", "1", "project", "list"]).await;
+    let r = flotilla(&[
+        "--endpoints",
+        &endpoints,
+        "--timeout",
+        "1",
+        "project",
+        "list",
+    ])
+    .await;
     assert_eq!(r.code, 1);
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(r.err.starts_with("flotilla: error: gave up after"), "{}", r.err);
+    assert!(
+        r.err.starts_with("flotilla: error: gave up after"),
+        "{}",
+        r.err
+    );
     assert!(r.err.contains("not the leader [UNAVAILABLE]"), "{}", r.err);
     assert!(stuck.rec.calls().len() > 1, "UNAVAILABLE is retried");
 }
@@ -100,8 +132,16 @@ async fn retries_stop_at_the_overall_deadline() {
 async fn list_follows_page_tokens_to_the_end() {
     let server = FakeServer::start(Mode::Answer).await;
     let endpoints = server.endpoint();
-    let r = flotilla(&["--endpoints", &endpoints, "project", "list", "-f", "json", "--stale"])
-        .await;
+    let r = flotilla(&[
+        "--endpoints",
+        &endpoints,
+        "project",
+        "list",
+        "-f",
+        "json",
+        "--stale",
+    ])
+    .await;
     assert_eq!(r.code, 0, "stderr: {}", r.err);
     let json: serde_json::Value = serde_json::from_str(&r.out).unwrap();
     let names: Vec<&str> = json
@@ -124,7 +164,16 @@ async fn list_follows_page_tokens_to_the_end() {
 async fn deleting_several_reports_each_failure_and_uses_one_request_id_per_item() {
     let server = FakeServer::start(Mode::Answer).await;
     let endpoints = server.endpoint();
-    let r = flotilla(&["--endpoints", &endpoints, "project", "delete", "a", "missing", "b"]).await;
+    let r = flotilla(&[
+        "--endpoints",
+        &endpoints,
+        "project",
+        "delete",
+        "a",
+        "missing",
+        "b",
+    ])
+    .await;
     assert_eq!(r.code, 1);
     assert_eq!(
         r.err,
@@ -172,7 +221,15 @@ async fn event_watch_resumes_after_the_last_revision_seen() {
     let mut rx = out.changed.subscribe();
     let reader = out.clone();
     let mut err = Vec::new();
-    let argv = ["flotilla", "--endpoints", &endpoints, "-f", "json", "event", "watch"];
+    let argv = [
+        "flotilla",
+        "--endpoints",
+        &endpoints,
+        "-f",
+        "json",
+        "event",
+        "watch",
+    ];
     let watch = flotilla_cli::execute(argv, &mut out, &mut err);
     let third_event = tokio::time::timeout(
         DEADLINE,
@@ -186,7 +243,11 @@ async fn event_watch_resumes_after_the_last_revision_seen() {
     let revisions: Vec<u64> = reader
         .text()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["revision"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["revision"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(revisions, [1, 2, 3]);
     let froms: Vec<u64> = server.rec.calls().iter().map(|c| c.from_revision).collect();

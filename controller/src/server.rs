@@ -120,7 +120,7 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     use pb::flavor_service_server::FlavorServiceServer;
     use pb::identity_service_server::IdentityServiceServer;
 
-    let mut client_server = Server::builder().tcp_nodelay(true);
+    let mut client_server = Server::builder().tcp_nodelay(true).layer(crate::api::unimplemented::NameUnimplementedLayer);
     if let Some(t) = &tls {
         client_server = client_server.tls_config(t.server_client_listener.clone())?;
     }

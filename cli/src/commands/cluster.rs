@@ -111,7 +111,11 @@ pub async fn run(cmd: ClusterCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliE
     }
 }
 
-fn print_members(ctx: &Ctx, io: &mut Io<'_>, members: v1::ListMembersResponse) -> Result<(), CliError> {
+fn print_members(
+    ctx: &Ctx,
+    io: &mut Io<'_>,
+    members: v1::ListMembersResponse,
+) -> Result<(), CliError> {
     let views: Vec<MemberView> = members.members.into_iter().map(Into::into).collect();
     io.print(&output::list(ctx.format, &views)?)
 }
@@ -155,7 +159,13 @@ mod tests {
             ],
         });
         let text = status_table(&view).unwrap();
-        assert!(text.lines().nth(2).unwrap().contains("unreachable"), "{text}");
-        assert!(text.ends_with("member 2 (c2) did not answer: connection refused\n"), "{text}");
+        assert!(
+            text.lines().nth(2).unwrap().contains("unreachable"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("member 2 (c2) did not answer: connection refused\n"),
+            "{text}"
+        );
     }
 }

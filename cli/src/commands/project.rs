@@ -148,18 +148,23 @@ pub async fn run(cmd: ProjectCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliE
             io.print(&output::show(ctx.format, &ProjectView::from(project))?)
         }
         ProjectCmd::Delete { projects } => {
-            for_each_name(projects, "cannot delete project", io, |project| async move {
-                // One request id per project, reused by that deletion's retries.
-                let request = v1::DeleteProjectRequest {
-                    request_id: new_request_id(),
-                    project,
-                };
-                conn.call(request, |ch, req| async move {
-                    IdentityServiceClient::new(ch).delete_project(req).await
-                })
-                .await?;
-                Ok(())
-            })
+            for_each_name(
+                projects,
+                "cannot delete project",
+                io,
+                |project| async move {
+                    // One request id per project, reused by that deletion's retries.
+                    let request = v1::DeleteProjectRequest {
+                        request_id: new_request_id(),
+                        project,
+                    };
+                    conn.call(request, |ch, req| async move {
+                        IdentityServiceClient::new(ch).delete_project(req).await
+                    })
+                    .await?;
+                    Ok(())
+                },
+            )
             .await
         }
     }

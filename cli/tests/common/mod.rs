@@ -25,7 +25,9 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub enum Mode {
     Answer,
     /// UNAVAILABLE, with `x-flotilla-leader` set when given.
-    Unavailable { leader: Option<String> },
+    Unavailable {
+        leader: Option<String>,
+    },
     NotFound,
 }
 
@@ -221,6 +223,24 @@ pub struct FakeServer {
 
 impl FakeServer {
     pub async fn start(mode: Mode) -> FakeServer {
+        Self::start_with(mode, None).await
+    }
+
+    /// Serves TLS with `identity`; with `client_ca`, clients must present a certificate it
+    /// signed.
+    pub async fn start_tls(
+        mode: Mode,
+        identity: tonic::transport::Identity,
+        client_ca: Option<tonic::transport::Certificate>,
+    ) -> FakeServer {
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(ca);
+        }
+        Self::start_with(mode, Some(tls)).await
+    }
+
+    async fn start_with(mode: Mode, tls: Option<tonic::transport::ServerTlsConfig>) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let rec = Recorder::new();
@@ -230,8 +250,12 @@ impl FakeServer {
             rec: rec.clone(),
         };
         let events = FakeEvents { rec: rec.clone() };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).expect("server TLS config");
+        }
         tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .add_service(IdentityServiceServer::new(identity))
                 .add_service(EventServiceServer::new(events))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {

@@ -9,3 +9,8 @@ pub mod transport;
 pub use node::{MemberChange, Node, NodeError, NodeHandle, NodeMsg, NodeStatus, Role};
 pub use storage::{SledStorage, StorageError};
 pub use transport::{Inbox, Transport};
+
+#[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
+pub mod harness;

@@ -227,6 +227,7 @@ pub struct Node {
     tuning: RaftTuning,
     initial_members: Vec<Member>,
     join: bool,
+    incarnation: u64,
     next_seq: u64,
     proposals: HashMap<u64, PendingProposal>,
     reads: HashMap<u64, PendingRead>,
@@ -238,21 +239,31 @@ pub struct Node {
     known_peers: BTreeMap<u64, String>,
 }
 
-fn tag(node: u64, seq: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16);
+/// Identifies a proposal in its entry's context: proposing node, that node's incarnation (random
+/// per start, so entries proposed before a restart never match requests made after it), and a
+/// sequence number.
+fn tag(node: u64, incarnation: u64, seq: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
     v.extend_from_slice(&node.to_be_bytes());
+    v.extend_from_slice(&incarnation.to_be_bytes());
     v.extend_from_slice(&seq.to_be_bytes());
     v
 }
 
-fn untag(ctx: &[u8]) -> Option<(u64, u64)> {
-    if ctx.len() != 16 {
+fn untag(ctx: &[u8]) -> Option<(u64, u64, u64)> {
+    if ctx.len() != 24 {
         return None;
     }
-    Some((
-        u64::from_be_bytes(ctx[..8].try_into().ok()?),
-        u64::from_be_bytes(ctx[8..].try_into().ok()?),
-    ))
+    let word = |i: usize| ctx[i * 8..(i + 1) * 8].try_into().ok().map(u64::from_be_bytes);
+    Some((word(0)?, word(1)?, word(2)?))
+}
+
+/// ReadIndex context: incarnation and sequence number.
+fn read_ctx(incarnation: u64, seq: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&incarnation.to_be_bytes());
+    v.extend_from_slice(&seq.to_be_bytes());
+    v
 }
 
 fn role_of(r: StateRole) -> Role {
@@ -341,6 +352,7 @@ impl Node {
             tuning: opts.tuning,
             initial_members: opts.initial_members,
             join: opts.join,
+            incarnation: rand::random(),
             next_seq: 1,
             proposals: HashMap::new(),
             reads: HashMap::new(),
@@ -391,7 +403,7 @@ impl Node {
         match msg {
             NodeMsg::Propose { data, reply } => {
                 let seq = self.next_seq();
-                match self.raw.propose(tag(self.id, seq), data) {
+                match self.raw.propose(tag(self.id, self.incarnation, seq), data) {
                     Ok(()) => {
                         let deadline = Instant::now() + self.proposal_timeout();
                         self.proposals.insert(seq, PendingProposal { reply, deadline });
@@ -404,7 +416,7 @@ impl Node {
             NodeMsg::ChangeMembers { change, reply } => self.change_members(change, reply),
             NodeMsg::ReadIndex { reply } => {
                 let seq = self.next_seq();
-                self.raw.read_index(seq.to_be_bytes().to_vec());
+                self.raw.read_index(read_ctx(self.incarnation, seq));
                 let deadline = Instant::now() + self.proposal_timeout();
                 self.reads.insert(seq, PendingRead { reply, deadline });
             }
@@ -490,7 +502,7 @@ impl Node {
             return;
         }
         let seq = self.next_seq();
-        match self.raw.propose_conf_change(tag(self.id, seq), cc) {
+        match self.raw.propose_conf_change(tag(self.id, self.incarnation, seq), cc) {
             Ok(()) => {
                 let deadline = Instant::now() + self.proposal_timeout();
                 self.proposals.insert(seq, PendingProposal { reply, deadline });
@@ -599,8 +611,11 @@ impl Node {
 
         // 5. ReadIndex answers: each read may go ahead once its index is applied.
         for rs in ready.take_read_states() {
-            let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else { continue };
-            if let Some(r) = self.reads.remove(&u64::from_be_bytes(bytes)) {
+            if rs.request_ctx.len() != 16 || rs.request_ctx[..8] != self.incarnation.to_be_bytes() {
+                continue;
+            }
+            let seq = u64::from_be_bytes(rs.request_ctx[8..].try_into().expect("8 bytes"));
+            if let Some(r) = self.reads.remove(&seq) {
                 self.reads_waiting_apply.push((rs.index, r.reply));
             }
         }
@@ -674,8 +689,8 @@ impl Node {
                         Some(self.apply_conf_change(&mut state, &e))
                     }
                 };
-                if let (Some(outcome), Some((node, seq))) = (outcome, untag(&e.context)) {
-                    if node == self.id {
+                if let (Some(outcome), Some((node, incarnation, seq))) = (outcome, untag(&e.context)) {
+                    if node == self.id && incarnation == self.incarnation {
                         replies.push((seq, outcome));
                     }
                 }
@@ -783,7 +798,7 @@ impl Node {
 
     /// The first leader of a new cluster records the initial members in replicated state.
     fn bootstrap_members_if_needed(&mut self) {
-        if self.join || !self.shared.state.read().members().next().is_none() {
+        if self.join || self.shared.state.read().members().next().is_some() {
             return;
         }
         let env = Envelope {

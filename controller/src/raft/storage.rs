@@ -339,11 +339,13 @@ impl Storage for SledStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot.get_metadata().index >= request_index
-            && self.snapshot.get_metadata().index >= self.truncated_index
-            && self.snapshot.get_metadata().index > 0
-        {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let meta = self.snapshot.get_metadata();
+        let cs = meta.get_conf_state();
+        // A snapshot taken before `to` was added does not name it, and raft-rs on the receiving
+        // side refuses such a snapshot: make a fresh one instead.
+        let names_recipient = cs.voters.contains(&to) || cs.learners.contains(&to);
+        if meta.index >= request_index && meta.index >= self.truncated_index && meta.index > 0 && names_recipient {
             return Ok(self.snapshot.clone());
         }
         self.snapshot_wanted.store(true, Ordering::Relaxed);
@@ -356,11 +358,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -371,10 +374,12 @@ mod tests {
             assert!(s.is_empty());
             s.bootstrap(vec![1, 2, 3]).unwrap();
             s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
-            let mut hs = HardState::default();
-            hs.term = 1;
-            hs.commit = 4;
-            s.set_hard_state(hs).unwrap();
+            s.set_hard_state(HardState {
+                term: 1,
+                commit: 4,
+                ..Default::default()
+            })
+            .unwrap();
             s.persist().unwrap();
         }
         let s = SledStorage::open(dir.path()).unwrap();
@@ -408,6 +413,11 @@ mod tests {
         assert_eq!(s.first(), 81);
         assert_eq!(s.term(80).unwrap(), 2, "term of the compaction boundary is kept");
         assert!(matches!(s.term(50), Err(raft::Error::Store(RaftStorageError::Compacted))));
+        assert!(s.snapshot(85, 2).is_err(), "the stored snapshot does not name peer 2");
+        assert!(s.snapshot_wanted());
+        s.set_conf_state(ConfState::from((vec![1, 2], vec![]))).unwrap();
+        s.create_snapshot(90, b"state".to_vec(), 10).unwrap();
+        assert!(!s.snapshot_wanted());
         assert_eq!(s.snapshot(85, 2).unwrap().get_metadata().index, 90);
         assert!(s.snapshot(95, 2).is_err());
         assert!(s.snapshot_wanted());

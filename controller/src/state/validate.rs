@@ -74,7 +74,7 @@ pub fn flavor_sizes(vcpus: u32, ram_mib: u64, disk_gib: u64, ephemeral_gib: u64,
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(format!("flavor vcpus must be between 1 and {MAX_VCPUS}"));
     }
-    if ram_mib < 16 || ram_mib > MAX_RAM_MIB {
+    if !(16..=MAX_RAM_MIB).contains(&ram_mib) {
         return Err(format!("flavor ram must be between 16 and {MAX_RAM_MIB} MiB"));
     }
     if disk_gib > MAX_DISK_GIB || ephemeral_gib > MAX_DISK_GIB {
