@@ -60,6 +60,7 @@ pub struct StartOptions {
     pub data_root: PathBuf,
     pub flotilla_port_base: u16,
     pub etcd_port_base: u16,
+    pub etcd_election_timeout_ms: Option<u64>,
     pub save_logs: Option<PathBuf>,
 }
 
@@ -187,7 +188,11 @@ impl Cluster {
             let (out, err) = log_file(&log)?;
             // Default durability: the WAL is fsynced before a write is acknowledged (no
             // --unsafe-no-fsync), default heartbeat (100 ms) and election timeout (1000 ms).
-            let child = Command::new(&opts.etcd_bin)
+            let mut cmd = Command::new(&opts.etcd_bin);
+            if let Some(ms) = opts.etcd_election_timeout_ms {
+                cmd.arg("--election-timeout").arg(ms.to_string());
+            }
+            let child = cmd
                 .arg("--name")
                 .arg(name)
                 .arg("--data-dir")
@@ -230,10 +235,6 @@ impl Cluster {
     /// Indexes of members still running.
     pub fn live(&self) -> Vec<usize> {
         (0..self.members.len()).filter(|i| self.members[*i].child.is_some()).collect()
-    }
-
-    pub fn index_of_addr(&self, addr: &str) -> Option<usize> {
-        self.members.iter().position(|m| m.client_addr == addr)
     }
 
     /// Fails if a member process has exited on its own.

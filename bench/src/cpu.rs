@@ -38,17 +38,15 @@ pub struct Sample {
     servers: u64,
     bench: u64,
     machine_busy: u64,
-    machine_total: u64,
 }
 
 pub fn sample(pids: &[u32]) -> Sample {
-    let (busy, total) = machine_ticks();
+    let busy = machine_ticks().0;
     Sample {
         at: Instant::now(),
         servers: pids.iter().map(|p| process_ticks(&p.to_string())).sum(),
         bench: process_ticks("self"),
         machine_busy: busy,
-        machine_total: total,
     }
 }
 
@@ -59,8 +57,6 @@ pub struct Usage {
     pub bench: f64,
     /// Everything else on the machine.
     pub other: f64,
-    /// Cores of the machine (busy + idle).
-    pub cores: f64,
     /// CPU seconds the servers used in the interval.
     pub server_seconds: f64,
 }
@@ -71,12 +67,10 @@ pub fn usage(a: &Sample, b: &Sample) -> Usage {
     let servers = b.servers.saturating_sub(a.servers) as f64 / hz;
     let bench = b.bench.saturating_sub(a.bench) as f64 / hz;
     let busy = b.machine_busy.saturating_sub(a.machine_busy) as f64 / hz;
-    let total = b.machine_total.saturating_sub(a.machine_total) as f64 / hz;
     Usage {
         servers: servers / secs,
         bench: bench / secs,
         other: ((busy - servers - bench) / secs).max(0.0),
-        cores: total / secs,
         server_seconds: servers,
     }
 }
@@ -88,4 +82,20 @@ pub async fn background(ms: u64) -> f64 {
     let b = sample(&[]);
     let u = usage(&a, &b);
     u.other + u.bench
+}
+
+/// Waits (up to `max_s` seconds, in 1 s steps) until processes other than `ours` and the
+/// benchmark use less than `below` cores. Returns the last measured figure.
+pub async fn wait_quiet(ours: &[u32], below: f64, max_s: u64) -> f64 {
+    let mut last = f64::NAN;
+    for _ in 0..max_s {
+        let a = sample(ours);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let b = sample(ours);
+        last = usage(&a, &b).other;
+        if last < below {
+            break;
+        }
+    }
+    last
 }

@@ -91,6 +91,16 @@ struct Common {
     /// etcd uses BASE+1..3 (clients) and BASE+101..103 (peers).
     #[arg(long, default_value_t = 38000)]
     etcd_port_base: u16,
+    /// etcd's --election-timeout in ms (default: etcd's own, 1000). Flotilla's election
+    /// timeout is 10 ticks of 50 ms (500 ms, randomized up to 1000 ms).
+    #[arg(long)]
+    etcd_election_timeout_ms: Option<u64>,
+    /// Before each measurement, wait up to this many seconds for other processes on the
+    /// machine to use less than --quiet-below cores (0: don't wait).
+    #[arg(long, default_value_t = 0)]
+    quiet_wait: u64,
+    #[arg(long, default_value_t = 0.2)]
+    quiet_below: f64,
     /// Copy the members' logs to this directory before the data directories are removed.
     #[arg(long)]
     save_logs: Option<PathBuf>,
@@ -104,6 +114,7 @@ impl Common {
             data_root: self.data_root.clone(),
             flotilla_port_base: self.flotilla_port_base,
             etcd_port_base: self.etcd_port_base,
+            etcd_election_timeout_ms: self.etcd_election_timeout_ms,
             save_logs: self.save_logs.clone(),
         }
     }
@@ -157,7 +168,7 @@ struct KillArgs {
     #[arg(long, default_value_t = 10)]
     after: u64,
     /// Deadline of one write attempt, ms; a failed attempt is retried after 10 ms.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 250)]
     request_timeout_ms: u64,
     /// Repeat with a fresh cluster this many times per target.
     #[arg(long, default_value_t = 1)]
@@ -267,6 +278,7 @@ async fn writes(a: WritesArgs) -> Result<()> {
         clusters.push(start(kind, &common).await?);
     }
     let value = common.value();
+    let clusters_pids: Vec<u32> = clusters.iter().flat_map(|c| c.pids()).collect();
     let mut results: Vec<LevelResult> = Vec::new();
     for round in 1..=a.rounds {
         for &clients in &a.clients {
@@ -278,6 +290,13 @@ async fn writes(a: WritesArgs) -> Result<()> {
                 c.check_alive()?;
                 let leader = c.wait_for_leader(Duration::from_secs(10)).await?;
                 let api = Api::new(c, common.conns.min(clients))?;
+                if common.quiet_wait > 0 {
+                    let all: Vec<u32> = clusters_pids.clone();
+                    let other = cpu::wait_quiet(&all, common.quiet_below, common.quiet_wait).await;
+                    if !common.json {
+                        eprintln!("other processes use {other:.2} cores");
+                    }
+                }
                 let t0 = Instant::now();
                 let measure_from = t0 + Duration::from_secs(a.warmup);
                 let stop_at = measure_from + Duration::from_secs(a.duration);
@@ -444,6 +463,12 @@ async fn leader_kill(a: KillArgs) -> Result<()> {
             let mut c = start(kind, &common).await?;
             let leader = c.wait_for_leader(Duration::from_secs(10)).await?;
             let api = Api::new(&c, common.conns.min(a.clients))?;
+            if common.quiet_wait > 0 {
+                let other = cpu::wait_quiet(&c.pids(), common.quiet_below, common.quiet_wait).await;
+                if !common.json {
+                    eprintln!("other processes use {other:.2} cores");
+                }
+            }
             let t0 = Instant::now();
             let kill_at = t0 + Duration::from_secs(a.before);
             let stop_at = kill_at + Duration::from_secs(a.after);

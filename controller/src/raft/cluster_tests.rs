@@ -22,7 +22,8 @@ fn create(request_id: &str, name: &str) -> Envelope {
     Envelope {
         request_id: request_id.into(),
         actor: "harness".into(),
-        time_ms: 1,
+        // Stamped like the API does: the dedup window is measured in leader-stamped time.
+        time_ms: crate::server::now_ms(),
         command: Command::CreateProject {
             id: format!("id-{name}"),
             name: name.into(),

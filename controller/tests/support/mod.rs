@@ -78,8 +78,10 @@ pub fn authed<T>(msg: T) -> Request<T> {
 
 pub fn with_token<T>(msg: T, token: &str) -> Request<T> {
     let mut req = Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("valid header"));
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("valid header"),
+    );
     req
 }
 
@@ -188,11 +190,17 @@ impl Cluster {
     /// Writes configs for `opts.nodes` initial members and starts them all. Does not wait for
     /// a leader (see [`Cluster::wait_ready`]).
     pub fn start(opts: Options) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("flotilla-process-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("flotilla-process-")
+            .tempdir()
+            .expect("temp dir");
         let tls = opts.tls.then(|| {
             let tls_dir = dir.path().join("tls");
             let mut cmd = Command::new(BIN);
-            cmd.arg("gen-certs").arg("--dir").arg(&tls_dir).args(["--client", "admin"]);
+            cmd.arg("gen-certs")
+                .arg("--dir")
+                .arg(&tls_dir)
+                .args(["--client", "admin"]);
             for id in 1..=opts.nodes + 2 {
                 cmd.args(["--node", &format!("n{id}")]);
             }
@@ -239,12 +247,23 @@ impl Cluster {
         let node = Arc::new(Node {
             id,
             name: format!("n{id}"),
-            channel: self.channel_to(&client_address, self.tls.as_ref().map(|t| t.client_config(None))),
+            channel: self.channel_to(
+                &client_address,
+                self.tls.as_ref().map(|t| t.client_config(None)),
+            ),
             client_address,
             peer_address: format!("127.0.0.1:{peer_port}"),
             data_dir: self.dir.path().join(format!("n{id}")).join("data"),
-            config: self.dir.path().join(format!("n{id}")).join("controller.toml"),
-            log: self.dir.path().join(format!("n{id}")).join("controller.log"),
+            config: self
+                .dir
+                .path()
+                .join(format!("n{id}"))
+                .join("controller.toml"),
+            log: self
+                .dir
+                .path()
+                .join(format!("n{id}"))
+                .join("controller.log"),
             child: Mutex::new(None),
             starts: AtomicUsize::new(0),
         });
@@ -297,7 +316,9 @@ impl Cluster {
     }
 
     pub fn node(&self, id: u64) -> &Arc<Node> {
-        self.nodes.get(&id).unwrap_or_else(|| panic!("no node {id}"))
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id}"))
     }
 
     pub fn tls(&self) -> Option<&TlsFiles> {
@@ -306,7 +327,11 @@ impl Cluster {
 
     /// Ids of the nodes whose process runs (as far as the harness knows).
     pub fn running(&self) -> Vec<u64> {
-        self.nodes.values().filter(|n| n.is_running()).map(|n| n.id).collect()
+        self.nodes
+            .values()
+            .filter(|n| n.is_running())
+            .map(|n| n.id)
+            .collect()
     }
 
     /// Starts node `id` (again) with its config and data directory.
@@ -315,7 +340,11 @@ impl Cluster {
         let mut child = n.child.lock().unwrap();
         assert!(child.is_none(), "{} is already running", n.name);
         let start = n.starts.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut log = OpenOptions::new().create(true).append(true).open(&n.log).expect("open log");
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .expect("open log");
         writeln!(log, "===== harness: start #{start} of {} =====", n.name).expect("write log");
         let spawned = Command::new(BIN)
             .arg("run")
@@ -334,7 +363,12 @@ impl Cluster {
     /// SIGKILL, then reap. Returns when the process is gone.
     pub fn kill(&self, id: u64) {
         let n = self.node(id);
-        let mut child = n.child.lock().unwrap().take().unwrap_or_else(|| panic!("{} is not running", n.name));
+        let mut child = n
+            .child
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| panic!("{} is not running", n.name));
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -343,7 +377,12 @@ impl Cluster {
     /// in time is killed and the test fails.
     pub async fn terminate(&self, id: u64, within: Duration) -> ExitStatus {
         let n = self.node(id);
-        let mut child = n.child.lock().unwrap().take().unwrap_or_else(|| panic!("{} is not running", n.name));
+        let mut child = n
+            .child
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| panic!("{} is not running", n.name));
         let pid = child.id().to_string();
         run_ok(Command::new("kill").args(["-TERM", &pid]));
         let deadline = Instant::now() + within;
@@ -372,7 +411,17 @@ impl Cluster {
     /// A client that only talks to the given nodes.
     pub fn client_of(&self, ids: &[u64]) -> Client {
         Client {
-            targets: Arc::new(ids.iter().map(|id| (*id, self.node(*id).client_address.clone(), self.node(*id).channel.clone())).collect()),
+            targets: Arc::new(
+                ids.iter()
+                    .map(|id| {
+                        (
+                            *id,
+                            self.node(*id).client_address.clone(),
+                            self.node(*id).channel.clone(),
+                        )
+                    })
+                    .collect(),
+            ),
             next: Arc::new(AtomicUsize::new(0)),
             attempt_timeout: Duration::from_secs(2),
         }
@@ -384,7 +433,13 @@ impl Cluster {
             targets: Arc::new(
                 self.nodes
                     .values()
-                    .map(|n| (n.id, n.client_address.clone(), self.channel_to(&n.client_address, tls.clone())))
+                    .map(|n| {
+                        (
+                            n.id,
+                            n.client_address.clone(),
+                            self.channel_to(&n.client_address, tls.clone()),
+                        )
+                    })
                     .collect(),
             ),
             next: Arc::new(AtomicUsize::new(0)),
@@ -392,19 +447,23 @@ impl Cluster {
         }
     }
 
-    /// Fails the test if any started process has exited on its own.
-    pub fn check_processes(&self) -> Result<(), String> {
+    /// Fails the test (at once, with the controller's log) if any started process has exited
+    /// on its own.
+    pub fn assert_alive(&self) {
         for n in self.nodes.values() {
-            n.check_not_exited()?;
+            if let Err(e) = n.check_not_exited() {
+                panic!("{e}");
+            }
         }
-        Ok(())
     }
 
     /// This node's own status (GetMemberStatus), one attempt.
     pub async fn member_status(&self, id: u64) -> Result<pb::MemberStatus, Status> {
         let ch = self.node(id).channel.clone();
         deadline(STATUS_RPC, async move {
-            ClusterServiceClient::new(ch).get_member_status(authed(pb::GetMemberStatusRequest {})).await
+            ClusterServiceClient::new(ch)
+                .get_member_status(authed(pb::GetMemberStatusRequest {}))
+                .await
         })
         .await
         .map(Response::into_inner)
@@ -414,7 +473,9 @@ impl Cluster {
     pub async fn cluster_status(&self, id: u64) -> Result<pb::ClusterStatus, Status> {
         let ch = self.node(id).channel.clone();
         deadline(STATUS_RPC, async move {
-            ClusterServiceClient::new(ch).get_cluster_status(authed(pb::GetClusterStatusRequest {})).await
+            ClusterServiceClient::new(ch)
+                .get_cluster_status(authed(pb::GetClusterStatusRequest {}))
+                .await
         })
         .await
         .map(Response::into_inner)
@@ -425,7 +486,7 @@ impl Cluster {
     pub async fn wait_ready(&self, ids: &[u64], within: Duration) -> u64 {
         let want: BTreeSet<u64> = ids.iter().copied().collect();
         wait_for(within, "one leader known to all members, every member reachable", || async {
-            self.check_processes()?;
+            self.assert_alive();
             let mut leader = None;
             for id in &want {
                 let s = self.cluster_status(*id).await.map_err(|e| format!("n{id}: {e}"))?;
@@ -449,13 +510,19 @@ impl Cluster {
     /// seen, that every other answering node follows.
     pub async fn wait_leader(&self, ids: &[u64], within: Duration) -> u64 {
         wait_for(within, "a leader all given members agree on", || async {
-            self.check_processes()?;
+            self.assert_alive();
             let mut seen = Vec::new();
             for id in ids {
-                let s = self.member_status(*id).await.map_err(|e| format!("n{id}: {e}"))?;
+                let s = self
+                    .member_status(*id)
+                    .await
+                    .map_err(|e| format!("n{id}: {e}"))?;
                 seen.push(s);
             }
-            let leader = seen.iter().find(|s| s.role == pb::Role::Leader as i32).map(|s| s.id);
+            let leader = seen
+                .iter()
+                .find(|s| s.role == pb::Role::Leader as i32)
+                .map(|s| s.id);
             match leader {
                 Some(l) if seen.iter().all(|s| s.leader_id == l) => Ok(l),
                 _ => Err(describe(&seen)),
@@ -467,24 +534,32 @@ impl Cluster {
     /// Waits until every node in `ids` reports the same applied index and state checksum,
     /// with everything committed applied. Returns their statuses.
     pub async fn wait_converged(&self, ids: &[u64], within: Duration) -> Vec<pb::MemberStatus> {
-        wait_for(within, "all given replicas at the same applied index and state checksum", || async {
-            self.check_processes()?;
-            let mut seen = Vec::new();
-            for id in ids {
-                seen.push(self.member_status(*id).await.map_err(|e| format!("n{id}: {e}"))?);
-            }
-            let first = &seen[0];
-            let same = seen.iter().all(|s| {
-                s.applied_index == first.applied_index
-                    && s.state_checksum == first.state_checksum
-                    && s.commit_index == s.applied_index
-            });
-            if same {
-                Ok(seen)
-            } else {
-                Err(describe(&seen))
-            }
-        })
+        wait_for(
+            within,
+            "all given replicas at the same applied index and state checksum",
+            || async {
+                self.assert_alive();
+                let mut seen = Vec::new();
+                for id in ids {
+                    seen.push(
+                        self.member_status(*id)
+                            .await
+                            .map_err(|e| format!("n{id}: {e}"))?,
+                    );
+                }
+                let first = &seen[0];
+                let same = seen.iter().all(|s| {
+                    s.applied_index == first.applied_index
+                        && s.state_checksum == first.state_checksum
+                        && s.commit_index == s.applied_index
+                });
+                if same {
+                    Ok(seen)
+                } else {
+                    Err(describe(&seen))
+                }
+            },
+        )
         .await
     }
 
@@ -503,7 +578,11 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             for n in self.nodes.values() {
-                eprintln!("----- {} log (tail) -----\n{}", n.name, log_tail(&n.log, 80));
+                eprintln!(
+                    "----- {} log (tail) -----\n{}",
+                    n.name,
+                    log_tail(&n.log, 80)
+                );
             }
         }
         // `dir` (a TempDir) is deleted when the fields drop, after this.
@@ -579,7 +658,9 @@ impl Client {
         let deadline_at = Instant::now() + within;
         let mut hinted: Option<usize> = None;
         loop {
-            let i = hinted.take().unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len());
+            let i = hinted
+                .take()
+                .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len());
             let (id, _, channel) = &self.targets[i];
             let attempt_sent = Instant::now();
             match deadline(self.attempt_timeout, rpc(channel.clone())).await {
@@ -613,11 +694,22 @@ impl Client {
         F: FnOnce(Channel) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let (_, _, channel) = self.targets.iter().find(|(id, _, _)| *id == node).expect("node known to the client");
-        deadline(self.attempt_timeout, rpc(channel.clone())).await.map(Response::into_inner)
+        let (_, _, channel) = self
+            .targets
+            .iter()
+            .find(|(id, _, _)| *id == node)
+            .expect("node known to the client");
+        deadline(self.attempt_timeout, rpc(channel.clone()))
+            .await
+            .map(Response::into_inner)
     }
 
-    pub async fn create_project(&self, request_id: &str, name: &str, within: Duration) -> Result<Acked<pb::Project>, Status> {
+    pub async fn create_project(
+        &self,
+        request_id: &str,
+        name: &str,
+        within: Duration,
+    ) -> Result<Acked<pb::Project>, Status> {
         let req = pb::CreateProjectRequest {
             request_id: request_id.to_owned(),
             name: name.to_owned(),
@@ -626,7 +718,11 @@ impl Client {
         };
         self.call(within, |ch| {
             let req = req.clone();
-            async move { IdentityServiceClient::new(ch).create_project(authed(req)).await }
+            async move {
+                IdentityServiceClient::new(ch)
+                    .create_project(authed(req))
+                    .await
+            }
         })
         .await
     }
@@ -644,12 +740,19 @@ impl Client {
             let page = self
                 .call(within, |ch| {
                     let req = req.clone();
-                    async move { IdentityServiceClient::new(ch).list_projects(authed(req)).await }
+                    async move {
+                        IdentityServiceClient::new(ch)
+                            .list_projects(authed(req))
+                            .await
+                    }
                 })
                 .await
                 .unwrap_or_else(|e| panic!("ListProjects failed: {e:?}"))
                 .value;
-            assert!(page.projects.len() <= 100, "a page holds at most page_size projects");
+            assert!(
+                page.projects.len() <= 100,
+                "a page holds at most page_size projects"
+            );
             all.extend(page.projects);
             if page.next_page_token.is_empty() {
                 return all;
@@ -662,14 +765,25 @@ impl Client {
 /// Statuses worth retrying with the same request: the controller said "not now", or the
 /// attempt did not get an answer (connection refused or reset, attempt deadline).
 pub fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
+    // A status made on the client side from a transport error carries that error as its source
+    // (e.g. "h2 protocol error" when a killed controller's connection breaks mid-call); statuses
+    // sent by a controller carry none.
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    ) || std::error::Error::source(s).is_some()
 }
 
 /// Bounds a call on the client side (the server might be gone and never answer).
-pub async fn deadline<T>(d: Duration, fut: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+pub async fn deadline<T>(
+    d: Duration,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
     match tokio::time::timeout(d, fut).await {
         Ok(r) => r,
-        Err(_) => Err(Status::deadline_exceeded(format!("no answer within {d:?} (client-side deadline)"))),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no answer within {d:?} (client-side deadline)"
+        ))),
     }
 }
 
@@ -683,7 +797,7 @@ fn free_port_pair() -> (u16, u16) {
     const SPAN: u32 = 17_000; // up to 32000, below the usual ephemeral range (32768+)
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let base = (std::process::id() * 61) % SPAN;
-    let mut pick = || loop {
+    let pick = || loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
         assert!(n < SPAN, "no free loopback port found");
         let port = (LOW + (base + n) % SPAN) as u16;
@@ -695,7 +809,9 @@ fn free_port_pair() -> (u16, u16) {
 }
 
 fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}{}",
