@@ -65,9 +65,9 @@ pub struct StartOptions {
 }
 
 fn check_free(addr: &str) -> Result<()> {
-    TcpListener::bind(addr)
-        .map(drop)
-        .with_context(|| format!("{addr} is in use; pick other ports with --flotilla-port-base / --etcd-port-base"))
+    TcpListener::bind(addr).map(drop).with_context(|| {
+        format!("{addr} is in use; pick other ports with --flotilla-port-base / --etcd-port-base")
+    })
 }
 
 fn log_file(path: &Path) -> Result<(Stdio, Stdio)> {
@@ -180,7 +180,10 @@ impl Cluster {
             check_free(c)?;
             check_free(p)?;
         }
-        let initial: Vec<String> = members.iter().map(|(n, _, p)| format!("{n}=http://{p}")).collect();
+        let initial: Vec<String> = members
+            .iter()
+            .map(|(n, _, p)| format!("{n}=http://{p}"))
+            .collect();
         let initial = initial.join(",");
         let token = format!("flotilla-bench-{}", std::process::id());
         for (name, c, p) in &members {
@@ -219,7 +222,12 @@ impl Cluster {
                 .stdout(out)
                 .stderr(err)
                 .spawn()
-                .with_context(|| format!("starting {} (install it: apt-get install etcd-server)", opts.etcd_bin.display()))?;
+                .with_context(|| {
+                    format!(
+                        "starting {} (install it: apt-get install etcd-server)",
+                        opts.etcd_bin.display()
+                    )
+                })?;
             self.members.push(Member {
                 name: name.clone(),
                 client_addr: c.clone(),
@@ -234,7 +242,9 @@ impl Cluster {
 
     /// Indexes of members still running.
     pub fn live(&self) -> Vec<usize> {
-        (0..self.members.len()).filter(|i| self.members[*i].child.is_some()).collect()
+        (0..self.members.len())
+            .filter(|i| self.members[*i].child.is_some())
+            .collect()
     }
 
     /// Fails if a member process has exited on its own.
@@ -242,7 +252,12 @@ impl Cluster {
         for m in &mut self.members {
             if let Some(c) = m.child.as_mut() {
                 if let Some(status) = c.try_wait()? {
-                    bail!("{} {} exited: {status}; see its log {}", self.kind.name(), m.name, m.log.display());
+                    bail!(
+                        "{} {} exited: {status}; see its log {}",
+                        self.kind.name(),
+                        m.name,
+                        m.log.display()
+                    );
                 }
             }
         }
@@ -254,11 +269,17 @@ impl Cluster {
         match self.kind {
             Kind::Flotilla => {
                 for i in self.live() {
-                    let mut c = fpb::cluster_service_client::ClusterServiceClient::new(channel(&self.members[i].client_addr)?);
+                    let mut c = fpb::cluster_service_client::ClusterServiceClient::new(channel(
+                        &self.members[i].client_addr,
+                    )?);
                     let mut req = tonic::Request::new(fpb::GetMemberStatusRequest {});
-                    req.metadata_mut().insert("authorization", format!("Bearer {FLOTILLA_TOKEN}").parse()?);
+                    req.metadata_mut()
+                        .insert("authorization", format!("Bearer {FLOTILLA_TOKEN}").parse()?);
                     req.set_timeout(Duration::from_millis(500));
-                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(600), c.get_member_status(req)).await {
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_millis(600), c.get_member_status(req))
+                            .await
+                    {
                         let s = s.into_inner();
                         if s.role == fpb::Role::Leader as i32 {
                             return Ok(self.members.iter().position(|m| m.raft_id == s.id));
@@ -270,10 +291,14 @@ impl Cluster {
             Kind::Etcd => {
                 let mut leader = None;
                 for i in self.live() {
-                    let mut c = etcdpb::maintenance_client::MaintenanceClient::new(channel(&self.members[i].client_addr)?);
+                    let mut c = etcdpb::maintenance_client::MaintenanceClient::new(channel(
+                        &self.members[i].client_addr,
+                    )?);
                     let mut req = tonic::Request::new(etcdpb::StatusRequest {});
                     req.set_timeout(Duration::from_millis(500));
-                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(600), c.status(req)).await {
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_millis(600), c.status(req)).await
+                    {
                         let s = s.into_inner();
                         if let Some(h) = &s.header {
                             self.members[i].raft_id = h.member_id;
@@ -285,7 +310,9 @@ impl Cluster {
                 }
                 // A follower may still name a leader that was just killed: only a live one counts.
                 Ok(leader.and_then(|l| {
-                    self.members.iter().position(|m| m.raft_id == l && m.child.is_some())
+                    self.members
+                        .iter()
+                        .position(|m| m.raft_id == l && m.child.is_some())
                 }))
             }
         }
@@ -297,26 +324,39 @@ impl Cluster {
         while Instant::now() < deadline {
             self.check_alive()?;
             if let Some(l) = self.leader().await? {
-                if self.kind == Kind::Flotilla || self.members.iter().all(|m| m.raft_id != 0 || m.child.is_none()) {
+                if self.kind == Kind::Flotilla
+                    || self
+                        .members
+                        .iter()
+                        .all(|m| m.raft_id != 0 || m.child.is_none())
+                {
                     return Ok(l);
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("the {} cluster elected no leader within {within:?}", self.kind.name())
+        bail!(
+            "the {} cluster elected no leader within {within:?}",
+            self.kind.name()
+        )
     }
 
     /// SIGKILLs one member (by its pid) and reaps it.
     pub fn kill(&mut self, i: usize) -> Result<()> {
         if let Some(mut c) = self.members[i].child.take() {
-            c.kill().with_context(|| format!("killing pid {}", self.members[i].pid))?;
+            c.kill()
+                .with_context(|| format!("killing pid {}", self.members[i].pid))?;
             c.wait()?;
         }
         Ok(())
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.members.iter().filter(|m| m.child.is_some()).map(|m| m.pid).collect()
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.pid)
+            .collect()
     }
 
     pub fn dir(&self) -> Option<&Path> {
@@ -335,7 +375,10 @@ impl Drop for Cluster {
         if let Some(to) = &self.save_logs {
             let _ = std::fs::create_dir_all(to);
             for m in &self.members {
-                let _ = std::fs::copy(&m.log, to.join(format!("{}-{}.log", self.kind.name(), m.name)));
+                let _ = std::fs::copy(
+                    &m.log,
+                    to.join(format!("{}-{}.log", self.kind.name(), m.name)),
+                );
             }
         }
         // The TempDir removes every data directory and log as it drops.

@@ -15,19 +15,35 @@ fn clock_ticks_per_sec() -> f64 {
 
 /// utime + stime of a process, in clock ticks (0 if it is gone).
 fn process_ticks(pid: &str) -> u64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    let Some(rest) = text.rsplit_once(')').map(|(_, r)| r) else { return 0 };
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(rest) = text.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // Fields after the command name start at field 3 (state); utime is 14, stime 15.
-    let get = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let get = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     get(14) + get(15)
 }
 
 /// (busy, total) ticks of all CPUs together.
 fn machine_ticks() -> (u64, u64) {
-    let Ok(text) = std::fs::read_to_string("/proc/stat") else { return (0, 0) };
-    let Some(line) = text.lines().next() else { return (0, 0) };
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let Some(line) = text.lines().next() else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     (total.saturating_sub(idle), total)

@@ -57,7 +57,11 @@ pub struct Failure {
 
 impl Api {
     pub fn new(cluster: &Cluster, conns: usize) -> Result<Api> {
-        let addrs: Vec<String> = cluster.members.iter().map(|m| m.client_addr.clone()).collect();
+        let addrs: Vec<String> = cluster
+            .members
+            .iter()
+            .map(|m| m.client_addr.clone())
+            .collect();
         let conns = conns.max(1);
         let mut chans = Vec::new();
         for a in &addrs {
@@ -71,14 +75,22 @@ impl Api {
             Kind::Flotilla => Stubs::Flotilla {
                 clients: chans
                     .into_iter()
-                    .map(|v| v.into_iter().map(fpb::identity_service_client::IdentityServiceClient::new).collect())
+                    .map(|v| {
+                        v.into_iter()
+                            .map(fpb::identity_service_client::IdentityServiceClient::new)
+                            .collect()
+                    })
                     .collect(),
                 auth: format!("Bearer {FLOTILLA_TOKEN}").parse()?,
             },
             Kind::Etcd => Stubs::Etcd {
                 clients: chans
                     .into_iter()
-                    .map(|v| v.into_iter().map(etcdpb::kv_client::KvClient::new).collect())
+                    .map(|v| {
+                        v.into_iter()
+                            .map(etcdpb::kv_client::KvClient::new)
+                            .collect()
+                    })
                     .collect(),
             },
         };
@@ -187,7 +199,8 @@ pub async fn run(api: &Api, spec: &LoadSpec) -> Vec<ClientLog> {
         let api = api.clone();
         let value = spec.value.clone();
         let tag = spec.tag.clone();
-        let (stop_at, timeout, max_attempts) = (spec.stop_at, spec.request_timeout, spec.max_attempts);
+        let (stop_at, timeout, max_attempts) =
+            (spec.stop_at, spec.request_timeout, spec.max_attempts);
         let members = api.members();
         let mut member = match spec.connect {
             Connect::Leader => spec.leader,
@@ -209,7 +222,10 @@ pub async fn run(api: &Api, spec: &LoadSpec) -> Vec<ClientLog> {
                     if sent > give_up_at {
                         break;
                     }
-                    match api.write(member, client, &key, &request_id, &value, timeout).await {
+                    match api
+                        .write(member, client, &key, &request_id, &value, timeout)
+                        .await
+                    {
                         Ok(()) => {
                             log.acks.push(Ack {
                                 first_sent,

@@ -26,7 +26,10 @@ pub mod etcdpb {
 }
 
 #[derive(Parser)]
-#[command(name = "flotilla-bench", about = "Write benchmarks of Flotilla side by side with etcd")]
+#[command(
+    name = "flotilla-bench",
+    about = "Write benchmarks of Flotilla side by side with etcd"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -177,7 +180,9 @@ struct KillArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         tokio::select! {
             r = run(cli) => r,
@@ -199,9 +204,15 @@ async fn run(cli: Cli) -> Result<()> {
 fn machine_note(json: bool) -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     if !json {
         eprintln!("machine: {cores} cores ({cpu})");
     }
@@ -320,7 +331,8 @@ async fn writes(a: WritesArgs) -> Result<()> {
                 });
                 let logs = load::run(&api, &spec).await;
                 let usage = monitor.await.unwrap_or_default();
-                let r = summarize_level(c.kind, round, clients, &logs, measure_from, stop_at, usage)?;
+                let r =
+                    summarize_level(c.kind, round, clients, &logs, measure_from, stop_at, usage)?;
                 if !common.json {
                     eprintln!(
                         "{:>8} clients={:<4} {:>9.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
@@ -494,7 +506,10 @@ async fn leader_kill(a: KillArgs) -> Result<()> {
             let mut new_leader = (String::from("-"), f64::NAN);
             while Instant::now() < stop_at {
                 if let Some(l) = c.leader().await? {
-                    new_leader = (c.members[l].name.clone(), t_kill.elapsed().as_secs_f64() * 1000.0);
+                    new_leader = (
+                        c.members[l].name.clone(),
+                        t_kill.elapsed().as_secs_f64() * 1000.0,
+                    );
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -506,7 +521,9 @@ async fn leader_kill(a: KillArgs) -> Result<()> {
                     "{}: longest write gap {:.0} ms; first ack after kill {} ms",
                     kind.name(),
                     r.longest_gap_ms,
-                    r.first_ack_of_retry_ms.map(|v| format!("{v:.0}")).unwrap_or("-".into())
+                    r.first_ack_of_retry_ms
+                        .map(|v| format!("{v:.0}"))
+                        .unwrap_or("-".into())
                 );
             }
             results.push(r);
@@ -591,7 +608,11 @@ fn summarize_kill(
     acks.sort_by_key(|a| a.acked);
     // Ignore the first second (connections being set up).
     let settled = t0 + Duration::from_secs(1);
-    let times: Vec<Instant> = acks.iter().map(|a| a.acked).filter(|t| *t >= settled && *t <= stop_at).collect();
+    let times: Vec<Instant> = acks
+        .iter()
+        .map(|a| a.acked)
+        .filter(|t| *t >= settled && *t <= stop_at)
+        .collect();
     let mut longest = (0.0f64, 0.0f64);
     let mut longest_before = 0.0f64;
     // The kill opens a gap from the last ack before it, so count it from the kill itself if
@@ -611,7 +632,10 @@ fn summarize_kill(
             longest = (tail, signed_ms(*last));
         }
     }
-    let first_ack_after_kill = acks.iter().find(|a| a.acked > t_kill).map(|a| signed_ms(a.acked));
+    let first_ack_after_kill = acks
+        .iter()
+        .find(|a| a.acked > t_kill)
+        .map(|a| signed_ms(a.acked));
     let first_ack_of_retry = acks
         .iter()
         .filter(|a| a.last_sent >= t_kill)
@@ -624,12 +648,18 @@ fn summarize_kill(
         .map(|a| a.acked.duration_since(a.first_sent).as_secs_f64() * 1000.0)
         .fold(0.0, f64::max);
     let before_n = times.iter().filter(|t| **t < t_kill).count();
-    let before_s = t_kill.saturating_duration_since(settled).as_secs_f64().max(1e-9);
+    let before_s = t_kill
+        .saturating_duration_since(settled)
+        .as_secs_f64()
+        .max(1e-9);
     // Steady state after recovery: the second half of the time after the kill.
     let half = t_kill + stop_at.duration_since(t_kill) / 2;
     let after_n = times.iter().filter(|t| **t >= half).count();
     let after_s = stop_at.duration_since(half).as_secs_f64().max(1e-9);
-    let failed = logs.iter().map(|l| l.errors.iter().filter(|e| **e >= t_kill).count()).sum();
+    let failed = logs
+        .iter()
+        .map(|l| l.errors.iter().filter(|e| **e >= t_kill).count())
+        .sum();
     KillResult {
         kind,
         round,

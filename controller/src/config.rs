@@ -157,7 +157,10 @@ impl ControllerConfig {
                 return bad(format!("initial_members: id {} is zero or repeated", m.id));
             }
             if m.client_address.is_empty() || m.peer_address.is_empty() {
-                return bad(format!("initial_members: member {} needs both addresses", m.id));
+                return bad(format!(
+                    "initial_members: member {} needs both addresses",
+                    m.id
+                ));
             }
         }
         if !self.join && !ids.contains(&self.id) {
@@ -177,9 +180,14 @@ impl ControllerConfig {
         if r.snapshot_interval == 0 {
             return bad("raft: snapshot_interval must be positive".into());
         }
-        let admin_token = match (&self.bootstrap_admin_token, &self.bootstrap_admin_token_file) {
+        let admin_token = match (
+            &self.bootstrap_admin_token,
+            &self.bootstrap_admin_token_file,
+        ) {
             (Some(_), Some(_)) => {
-                return bad("set bootstrap_admin_token or bootstrap_admin_token_file, not both".into())
+                return bad(
+                    "set bootstrap_admin_token or bootstrap_admin_token_file, not both".into(),
+                )
             }
             (Some(t), None) => t.trim().to_owned(),
             (None, Some(p)) => std::fs::read_to_string(p)
@@ -200,7 +208,10 @@ impl ControllerConfig {
         if let Some(tls) = &self.tls {
             for (what, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
                 if !p.is_file() {
-                    return bad(format!("tls.{what}: {} is not a readable file", p.display()));
+                    return bad(format!(
+                        "tls.{what}: {} is not a readable file",
+                        p.display()
+                    ));
                 }
             }
         }

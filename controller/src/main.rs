@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "flotilla-controller", version, about = "Flotilla controller replica")]
+#[command(
+    name = "flotilla-controller",
+    version,
+    about = "Flotilla controller replica"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,8 +41,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             flotilla_controller::telemetry::init();
-            let config = flotilla_controller::config::ControllerConfig::load(&config)?.validate()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let config =
+                flotilla_controller::config::ControllerConfig::load(&config)?.validate()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(flotilla_controller::server::run(config))
         }
         Command::GenCerts(args) => flotilla_controller::certs::generate(&args),

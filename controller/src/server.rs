@@ -19,7 +19,10 @@ use crate::state::Member;
 
 /// Wall-clock milliseconds; only the proposing controller reads the clock (I2).
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Largest gRPC message accepted (raft batches, big lists).
@@ -32,7 +35,8 @@ struct TlsMaterial {
 }
 
 fn load_tls(tls: &TlsConfig) -> anyhow::Result<TlsMaterial> {
-    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let ca = Certificate::from_pem(read(&tls.ca)?);
     let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
     Ok(TlsMaterial {
@@ -40,7 +44,9 @@ fn load_tls(tls: &TlsConfig) -> anyhow::Result<TlsMaterial> {
             .identity(identity.clone())
             .client_ca_root(ca.clone())
             .client_auth_optional(!tls.require_client_cert),
-        server_peer_listener: ServerTlsConfig::new().identity(identity.clone()).client_ca_root(ca.clone()),
+        server_peer_listener: ServerTlsConfig::new()
+            .identity(identity.clone())
+            .client_ca_root(ca.clone()),
         client: ClientTlsConfig::new().ca_certificate(ca).identity(identity),
     })
 }
@@ -52,7 +58,8 @@ struct GrpcPeers {
 #[tonic::async_trait]
 impl api::PeerDirectory for GrpcPeers {
     async fn peer_status(&self, member: &Member) -> Result<pb::MemberStatus, String> {
-        let channel = GrpcTransport::channel(&member.peer_address, self.tls.as_ref()).map_err(|e| e.to_string())?;
+        let channel = GrpcTransport::channel(&member.peer_address, self.tls.as_ref())
+            .map_err(|e| e.to_string())?;
         let mut client = RaftServiceClient::new(channel);
         client
             .peer_status(pb::Empty {})
@@ -72,7 +79,11 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (peer_listen)", config.peer_listen))?;
     let client_tls = tls.as_ref().map(|t| t.client.clone());
     let (inbox_tx, inbox) = std::sync::mpsc::channel();
-    let transport = Arc::new(GrpcTransport::new(config.id, tokio::runtime::Handle::current(), client_tls.clone()));
+    let transport = Arc::new(GrpcTransport::new(
+        config.id,
+        tokio::runtime::Handle::current(),
+        client_tls.clone(),
+    ));
     let members = config
         .initial_members
         .iter()
@@ -101,7 +112,9 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     let intercept = move |req| auth.intercept(req);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<pb::identity_service_server::IdentityServiceServer<IdentityApi>>().await;
+    health_reporter
+        .set_serving::<pb::identity_service_server::IdentityServiceServer<IdentityApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -110,7 +123,9 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     macro_rules! authed {
         ($server:ident, $imp:expr) => {
             InterceptedService::new(
-                $server::new($imp).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES),
+                $server::new($imp)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 intercept.clone(),
             )
         };
@@ -120,7 +135,9 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     use pb::flavor_service_server::FlavorServiceServer;
     use pb::identity_service_server::IdentityServiceServer;
 
-    let mut client_server = Server::builder().tcp_nodelay(true).layer(crate::api::unimplemented::NameUnimplementedLayer);
+    let mut client_server = Server::builder()
+        .tcp_nodelay(true)
+        .layer(crate::api::unimplemented::NameUnimplementedLayer);
     if let Some(t) = &tls {
         client_server = client_server.tls_config(t.server_client_listener.clone())?;
     }
@@ -156,7 +173,8 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
         "controller started"
     );
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},

@@ -445,13 +445,15 @@ fn leader_hint(status: &tonic::Status) -> Option<String> {
 
 async fn member_ids_listed_by(client: &Client, node: u64) -> BTreeSet<u64> {
     client
-        .once(node, |ch| async move {
+        .only(node)
+        .call(CALL, |ch| async move {
             ClusterServiceClient::new(ch)
                 .list_members(authed(pb::ListMembersRequest { stale: false }))
                 .await
         })
         .await
         .unwrap_or_else(|e| panic!("ListMembers on n{node}: {e:?}"))
+        .value
         .members
         .iter()
         .map(|m| m.id)
@@ -530,13 +532,15 @@ async fn a_member_joins_from_a_streamed_snapshot_a_follower_is_removed_and_leade
     for id in [1, 2, 3, 4] {
         let listed = cluster
             .client()
-            .once(id, |ch| async move {
+            .only(id)
+            .call(CALL, |ch| async move {
                 ClusterServiceClient::new(ch)
                     .list_members(authed(pb::ListMembersRequest { stale: false }))
                     .await
             })
             .await
-            .unwrap_or_else(|e| panic!("ListMembers on n{id}: {e:?}"));
+            .unwrap_or_else(|e| panic!("ListMembers on n{id}: {e:?}"))
+            .value;
         let voters: BTreeSet<u64> = listed
             .members
             .iter()
@@ -785,7 +789,8 @@ async fn api_errors_have_the_right_codes_and_a_retried_request_id_returns_the_or
     // retry differs, and creates nothing twice.
     let rid = request_id();
     let first = client
-        .once(followers[0], |ch| {
+        .only(followers[0])
+        .call(CALL, |ch| {
             let r = create(&rid, "retried");
             async move {
                 IdentityServiceClient::new(ch)
@@ -794,10 +799,12 @@ async fn api_errors_have_the_right_codes_and_a_retried_request_id_returns_the_or
             }
         })
         .await
-        .expect("first attempt");
+        .expect("first attempt")
+        .value;
     for node in [leader, followers[1], followers[0]] {
         let again = client
-            .once(node, |ch| {
+            .only(node)
+            .call(CALL, |ch| {
                 let r = create(&rid, "retried");
                 async move {
                     IdentityServiceClient::new(ch)
@@ -806,14 +813,16 @@ async fn api_errors_have_the_right_codes_and_a_retried_request_id_returns_the_or
                 }
             })
             .await
-            .unwrap_or_else(|e| panic!("retry on n{node}: {e:?}"));
+            .unwrap_or_else(|e| panic!("retry on n{node}: {e:?}"))
+            .value;
         assert_eq!(
             again, first,
             "a retry on n{node} returns the original project"
         );
     }
     let changed = client
-        .once(leader, |ch| {
+        .only(leader)
+        .call(CALL, |ch| {
             let r = create(&rid, "retried-with-another-name");
             async move {
                 IdentityServiceClient::new(ch)
@@ -822,7 +831,8 @@ async fn api_errors_have_the_right_codes_and_a_retried_request_id_returns_the_or
             }
         })
         .await
-        .expect("retry with a changed body");
+        .expect("retry with a changed body")
+        .value;
     assert_eq!(changed, first, "the request id decides, not the body");
     // The outcome of a rejected request is remembered too.
     let rejected_rid = request_id();

@@ -38,7 +38,9 @@ impl Authenticator {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be `Bearer <token>`")
+            })?;
         if !constant_time_eq(token.trim().as_bytes(), self.admin_token.as_bytes()) {
             return Err(Status::unauthenticated("the token is not valid"));
         }

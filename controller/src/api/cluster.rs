@@ -51,18 +51,25 @@ fn members_response(api: &Api) -> pb::ListMembersResponse {
     let voters = api.node.status().voters;
     let state = api.node.state();
     pb::ListMembersResponse {
-        members: state.members().map(|m| convert::member(m, voters.contains(&m.id))).collect(),
+        members: state
+            .members()
+            .map(|m| convert::member(m, voters.contains(&m.id)))
+            .collect(),
     }
 }
 
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
-    async fn get_cluster_status(&self, _req: Request<pb::GetClusterStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+    async fn get_cluster_status(
+        &self,
+        _req: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
         let me = self.0.node.id();
         let members: Vec<Member> = self.0.node.state().members().cloned().collect();
         let mut statuses = Vec::with_capacity(members.len());
         let asks = members.iter().filter(|m| m.id != me).map(|m| async move {
-            let answer = tokio::time::timeout(Duration::from_secs(2), self.0.peers.peer_status(m)).await;
+            let answer =
+                tokio::time::timeout(Duration::from_secs(2), self.0.peers.peer_status(m)).await;
             match answer {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => unreachable_member(m, e),
@@ -77,25 +84,43 @@ impl ClusterService for ClusterApi {
         }
         statuses.sort_by_key(|s| s.id);
         let leader_id = self.0.node.status().leader_id;
-        Ok(Response::new(pb::ClusterStatus { leader_id, members: statuses }))
+        Ok(Response::new(pb::ClusterStatus {
+            leader_id,
+            members: statuses,
+        }))
     }
 
-    async fn get_member_status(&self, _req: Request<pb::GetMemberStatusRequest>) -> Result<Response<pb::MemberStatus>, Status> {
+    async fn get_member_status(
+        &self,
+        _req: Request<pb::GetMemberStatusRequest>,
+    ) -> Result<Response<pb::MemberStatus>, Status> {
         Ok(Response::new(member_status(&self.0.node)))
     }
 
-    async fn list_members(&self, req: Request<pb::ListMembersRequest>) -> Result<Response<pb::ListMembersResponse>, Status> {
+    async fn list_members(
+        &self,
+        req: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
         drop(self.0.read(req.into_inner().stale).await?);
         Ok(Response::new(members_response(&self.0)))
     }
 
-    async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::ListMembersResponse>, Status> {
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
         principal(&req)?;
         let r = req.into_inner();
         if r.id == 0 {
-            return Err(Status::invalid_argument("member id must be a non-zero integer"));
+            return Err(Status::invalid_argument(
+                "member id must be a non-zero integer",
+            ));
         }
-        for (field, v) in [("name", &r.name), ("client_address", &r.client_address), ("peer_address", &r.peer_address)] {
+        for (field, v) in [
+            ("name", &r.name),
+            ("client_address", &r.client_address),
+            ("peer_address", &r.peer_address),
+        ] {
             if v.trim().is_empty() {
                 return Err(Status::invalid_argument(format!("{field} is required")));
             }
@@ -106,8 +131,16 @@ impl ClusterService for ClusterApi {
             client_address: r.client_address,
             peer_address: r.peer_address,
         };
+        if self.0.node.state().was_removed(member.id) {
+            return Err(Status::failed_precondition(format!(
+                "member id {} belonged to a removed member; ids are never reused, pick a new one",
+                member.id
+            )));
+        }
         // A retry of an add that already happened succeeds instead of failing.
-        if self.0.node.state().member(member.id) == Some(&member) && self.0.node.status().voters.contains(&member.id) {
+        if self.0.node.state().member(member.id) == Some(&member)
+            && self.0.node.status().voters.contains(&member.id)
+        {
             return Ok(Response::new(members_response(&self.0)));
         }
         match self.0.node.change_members(MemberChange::Add(member)).await {
@@ -116,11 +149,20 @@ impl ClusterService for ClusterApi {
         }
     }
 
-    async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::ListMembersResponse>, Status> {
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
         principal(&req)?;
         let r = req.into_inner();
         if r.id == 0 {
-            return Err(Status::invalid_argument("member id must be a non-zero integer"));
+            return Err(Status::invalid_argument(
+                "member id must be a non-zero integer",
+            ));
+        }
+        // A retry of a removal that already happened succeeds instead of failing.
+        if self.0.node.state().was_removed(r.id) && !self.0.node.status().voters.contains(&r.id) {
+            return Ok(Response::new(members_response(&self.0)));
         }
         match self.0.node.change_members(MemberChange::Remove(r.id)).await {
             Ok(_) => Ok(Response::new(members_response(&self.0))),
@@ -128,10 +170,17 @@ impl ClusterService for ClusterApi {
         }
     }
 
-    async fn transfer_leader(&self, req: Request<pb::TransferLeaderRequest>) -> Result<Response<pb::MemberStatus>, Status> {
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::MemberStatus>, Status> {
         principal(&req)?;
         let target = req.into_inner().target_id;
-        self.0.node.transfer_leader(target).await.map_err(|e| error::node(e, &self.0.node))?;
+        self.0
+            .node
+            .transfer_leader(target)
+            .await
+            .map_err(|e| error::node(e, &self.0.node))?;
         Ok(Response::new(member_status(&self.0.node)))
     }
 }

@@ -34,9 +34,14 @@ fn with_leader(mut status: Status, node: &NodeHandle) -> Status {
     if leader == 0 || leader == node.id() {
         return status;
     }
-    let address = node.state().member(leader).map(|m| m.client_address.clone());
+    let address = node
+        .state()
+        .member(leader)
+        .map(|m| m.client_address.clone());
     if let Some(addr) = address.and_then(|a| MetadataValue::try_from(a).ok()) {
-        status.metadata_mut().insert(flotilla_proto::LEADER_METADATA_KEY, addr);
+        status
+            .metadata_mut()
+            .insert(flotilla_proto::LEADER_METADATA_KEY, addr);
     }
     status
 }

@@ -18,7 +18,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 
 #[tonic::async_trait]
 impl EventService for EventApi {
-    async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let r = req.into_inner();
         // A linearizable starting point: everything committed before the call is visible.
         let mut after = {
@@ -54,7 +57,10 @@ impl EventService for EventApi {
                         };
                         let wanted = slice
                             .into_iter()
-                            .filter(|e| r.resource_types.is_empty() || r.resource_types.contains(&e.resource_type))
+                            .filter(|e| {
+                                r.resource_types.is_empty()
+                                    || r.resource_types.contains(&e.resource_type)
+                            })
                             .filter(|e| r.resource_id.is_empty() || r.resource_id == e.resource_id)
                             .map(convert::event)
                             .collect();

@@ -17,7 +17,10 @@ fn flavor_of(outcome: Outcome) -> Result<Response<pb::Flavor>, Status> {
 
 #[tonic::async_trait]
 impl FlavorService for FlavorApi {
-    async fn create_flavor(&self, req: Request<pb::CreateFlavorRequest>) -> Result<Response<pb::Flavor>, Status> {
+    async fn create_flavor(
+        &self,
+        req: Request<pb::CreateFlavorRequest>,
+    ) -> Result<Response<pb::Flavor>, Status> {
         let actor = principal(&req)?;
         let r = req.into_inner();
         validate::name("flavor", &r.name).map_err(Status::invalid_argument)?;
@@ -37,10 +40,17 @@ impl FlavorService for FlavorApi {
             description: r.description,
             extra_specs,
         };
-        flavor_of(self.0.propose(r.request_id, actor, Command::CreateFlavor(spec)).await?)
+        flavor_of(
+            self.0
+                .propose(r.request_id, actor, Command::CreateFlavor(spec))
+                .await?,
+        )
     }
 
-    async fn get_flavor(&self, req: Request<pb::GetFlavorRequest>) -> Result<Response<pb::Flavor>, Status> {
+    async fn get_flavor(
+        &self,
+        req: Request<pb::GetFlavorRequest>,
+    ) -> Result<Response<pb::Flavor>, Status> {
         let r = req.into_inner();
         required("flavor", &r.flavor)?;
         let state = self.0.read(r.stale).await?;
@@ -50,17 +60,27 @@ impl FlavorService for FlavorApi {
         Ok(Response::new(convert::flavor(f)))
     }
 
-    async fn list_flavors(&self, req: Request<pb::ListFlavorsRequest>) -> Result<Response<pb::ListFlavorsResponse>, Status> {
+    async fn list_flavors(
+        &self,
+        req: Request<pb::ListFlavorsRequest>,
+    ) -> Result<Response<pb::ListFlavorsResponse>, Status> {
         let r = req.into_inner();
         let state = self.0.read(r.stale).await?;
-        let (page, next) = paginate(state.flavors_after(&r.page_token), page_size(r.page_size), |f| f.id.clone());
+        let (page, next) = paginate(
+            state.flavors_after(&r.page_token),
+            page_size(r.page_size),
+            |f| f.id.clone(),
+        );
         Ok(Response::new(pb::ListFlavorsResponse {
             flavors: page.into_iter().map(convert::flavor).collect(),
             next_page_token: next,
         }))
     }
 
-    async fn update_flavor(&self, req: Request<pb::UpdateFlavorRequest>) -> Result<Response<pb::Flavor>, Status> {
+    async fn update_flavor(
+        &self,
+        req: Request<pb::UpdateFlavorRequest>,
+    ) -> Result<Response<pb::Flavor>, Status> {
         let actor = principal(&req)?;
         let r = req.into_inner();
         required("flavor", &r.flavor)?;
@@ -74,29 +94,50 @@ impl FlavorService for FlavorApi {
         flavor_of(self.0.propose(r.request_id, actor, cmd).await?)
     }
 
-    async fn delete_flavor(&self, req: Request<pb::DeleteFlavorRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn delete_flavor(
+        &self,
+        req: Request<pb::DeleteFlavorRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let actor = principal(&req)?;
         let r = req.into_inner();
         required("flavor", &r.flavor)?;
-        self.0.propose(r.request_id, actor, Command::DeleteFlavor { flavor: r.flavor }).await?;
+        self.0
+            .propose(
+                r.request_id,
+                actor,
+                Command::DeleteFlavor { flavor: r.flavor },
+            )
+            .await?;
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn add_flavor_access(&self, req: Request<pb::FlavorAccessRequest>) -> Result<Response<pb::Flavor>, Status> {
+    async fn add_flavor_access(
+        &self,
+        req: Request<pb::FlavorAccessRequest>,
+    ) -> Result<Response<pb::Flavor>, Status> {
         let actor = principal(&req)?;
         let r = req.into_inner();
         required("flavor", &r.flavor)?;
         required("project", &r.project)?;
-        let cmd = Command::AddFlavorAccess { flavor: r.flavor, project: r.project };
+        let cmd = Command::AddFlavorAccess {
+            flavor: r.flavor,
+            project: r.project,
+        };
         flavor_of(self.0.propose(r.request_id, actor, cmd).await?)
     }
 
-    async fn remove_flavor_access(&self, req: Request<pb::FlavorAccessRequest>) -> Result<Response<pb::Flavor>, Status> {
+    async fn remove_flavor_access(
+        &self,
+        req: Request<pb::FlavorAccessRequest>,
+    ) -> Result<Response<pb::Flavor>, Status> {
         let actor = principal(&req)?;
         let r = req.into_inner();
         required("flavor", &r.flavor)?;
         required("project", &r.project)?;
-        let cmd = Command::RemoveFlavorAccess { flavor: r.flavor, project: r.project };
+        let cmd = Command::RemoveFlavorAccess {
+            flavor: r.flavor,
+            project: r.project,
+        };
         flavor_of(self.0.propose(r.request_id, actor, cmd).await?)
     }
 }

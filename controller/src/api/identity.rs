@@ -18,7 +18,10 @@ fn project_of(outcome: Outcome) -> Result<Response<pb::Project>, Status> {
 
 #[tonic::async_trait]
 impl IdentityService for IdentityApi {
-    async fn create_project(&self, req: Request<pb::CreateProjectRequest>) -> Result<Response<pb::Project>, Status> {
+    async fn create_project(
+        &self,
+        req: Request<pb::CreateProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
         let actor = principal(&req)?;
         let r = req.into_inner();
         validate::name("project", &r.name).map_err(Status::invalid_argument)?;
@@ -35,7 +38,10 @@ impl IdentityService for IdentityApi {
         project_of(self.0.propose(r.request_id, actor, cmd).await?)
     }
 
-    async fn get_project(&self, req: Request<pb::GetProjectRequest>) -> Result<Response<pb::Project>, Status> {
+    async fn get_project(
+        &self,
+        req: Request<pb::GetProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
         let r = req.into_inner();
         required("project", &r.project)?;
         let state = self.0.read(r.stale).await?;
@@ -45,17 +51,27 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(convert::project(p)))
     }
 
-    async fn list_projects(&self, req: Request<pb::ListProjectsRequest>) -> Result<Response<pb::ListProjectsResponse>, Status> {
+    async fn list_projects(
+        &self,
+        req: Request<pb::ListProjectsRequest>,
+    ) -> Result<Response<pb::ListProjectsResponse>, Status> {
         let r = req.into_inner();
         let state = self.0.read(r.stale).await?;
-        let (page, next) = paginate(state.projects_after(&r.page_token), page_size(r.page_size), |p| p.id.clone());
+        let (page, next) = paginate(
+            state.projects_after(&r.page_token),
+            page_size(r.page_size),
+            |p| p.id.clone(),
+        );
         Ok(Response::new(pb::ListProjectsResponse {
             projects: page.into_iter().map(convert::project).collect(),
             next_page_token: next,
         }))
     }
 
-    async fn update_project(&self, req: Request<pb::UpdateProjectRequest>) -> Result<Response<pb::Project>, Status> {
+    async fn update_project(
+        &self,
+        req: Request<pb::UpdateProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
         let actor = principal(&req)?;
         let r = req.into_inner();
         required("project", &r.project)?;
@@ -73,11 +89,20 @@ impl IdentityService for IdentityApi {
         project_of(self.0.propose(r.request_id, actor, cmd).await?)
     }
 
-    async fn delete_project(&self, req: Request<pb::DeleteProjectRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn delete_project(
+        &self,
+        req: Request<pb::DeleteProjectRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let actor = principal(&req)?;
         let r = req.into_inner();
         required("project", &r.project)?;
-        self.0.propose(r.request_id, actor, Command::DeleteProject { project: r.project }).await?;
+        self.0
+            .propose(
+                r.request_id,
+                actor,
+                Command::DeleteProject { project: r.project },
+            )
+            .await?;
         Ok(Response::new(pb::Empty {}))
     }
 }

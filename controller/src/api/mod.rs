@@ -36,14 +36,23 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 impl Api {
     /// Stamps time and actor into a command, proposes it and waits for its outcome. A business
     /// rejection comes back as an error status.
-    pub async fn propose(&self, request_id: String, actor: String, command: Command) -> Result<Outcome, Status> {
+    pub async fn propose(
+        &self,
+        request_id: String,
+        actor: String,
+        command: Command,
+    ) -> Result<Outcome, Status> {
         let env = Envelope {
             request_id,
             actor,
             time_ms: crate::server::now_ms(),
             command,
         };
-        let outcome = self.node.propose(&env).await.map_err(|e| error::node(e, &self.node))?;
+        let outcome = self
+            .node
+            .propose(&env)
+            .await
+            .map_err(|e| error::node(e, &self.node))?;
         match outcome {
             Outcome::Rejected(r) => Err(error::rejection(r)),
             other => Ok(other),
@@ -53,7 +62,10 @@ impl Api {
     /// Read access to the state: linearizable (after a ReadIndex barrier) unless `stale`.
     pub async fn read(&self, stale: bool) -> Result<RwLockReadGuard<'_, State>, Status> {
         if !stale {
-            self.node.read_barrier().await.map_err(|e| error::node(e, &self.node))?;
+            self.node
+                .read_barrier()
+                .await
+                .map_err(|e| error::node(e, &self.node))?;
         }
         Ok(self.node.state())
     }
@@ -68,7 +80,11 @@ pub fn page_size(requested: u32) -> usize {
 }
 
 /// Takes one page from an ordered iterator of items keyed by id; the token is the last id.
-pub fn paginate<T, F: Fn(&T) -> String>(items: impl Iterator<Item = T>, size: usize, id: F) -> (Vec<T>, String) {
+pub fn paginate<T, F: Fn(&T) -> String>(
+    items: impl Iterator<Item = T>,
+    size: usize,
+    id: F,
+) -> (Vec<T>, String) {
     let mut page: Vec<T> = items.take(size + 1).collect();
     let next = if page.len() > size {
         page.truncate(size);

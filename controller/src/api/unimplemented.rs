@@ -24,16 +24,34 @@ where
 {
     let s = NotYetImplemented;
     router
-        .add_service(InterceptedService::new(pb::quota_service_server::QuotaServiceServer::new(s), intercept.clone()))
-        .add_service(InterceptedService::new(pb::image_service_server::ImageServiceServer::new(s), intercept.clone()))
-        .add_service(InterceptedService::new(pb::server_service_server::ServerServiceServer::new(s), intercept.clone()))
+        .add_service(InterceptedService::new(
+            pb::quota_service_server::QuotaServiceServer::new(s),
+            intercept.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::image_service_server::ImageServiceServer::new(s),
+            intercept.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::server_service_server::ServerServiceServer::new(s),
+            intercept.clone(),
+        ))
         .add_service(InterceptedService::new(
             pb::server_group_service_server::ServerGroupServiceServer::new(s),
             intercept.clone(),
         ))
-        .add_service(InterceptedService::new(pb::host_service_server::HostServiceServer::new(s), intercept.clone()))
-        .add_service(InterceptedService::new(pb::network_service_server::NetworkServiceServer::new(s), intercept.clone()))
-        .add_service(InterceptedService::new(pb::operation_service_server::OperationServiceServer::new(s), intercept))
+        .add_service(InterceptedService::new(
+            pb::host_service_server::HostServiceServer::new(s),
+            intercept.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::network_service_server::NetworkServiceServer::new(s),
+            intercept.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::operation_service_server::OperationServiceServer::new(s),
+            intercept,
+        ))
 }
 
 /// Rewrites the generated stubs' bare "Not yet implemented" into a message naming the method, so
@@ -61,9 +79,14 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         self.0.poll_ready(cx)
     }
 
@@ -74,7 +97,9 @@ where
             let mut resp = fut.await?;
             let headers = resp.headers_mut();
             let is_stub = headers.get("grpc-status").is_some_and(|v| v == "12")
-                && headers.get("grpc-message").is_some_and(|v| v.as_bytes() == STUB_MESSAGE);
+                && headers
+                    .get("grpc-message")
+                    .is_some_and(|v| v.as_bytes() == STUB_MESSAGE);
             if is_stub {
                 let msg = format!("{method} is not implemented in this release of Flotilla yet");
                 if let Ok(v) = http::HeaderValue::from_str(&msg) {
@@ -96,12 +121,19 @@ mod tests {
     async fn an_unbuilt_rpc_answers_unimplemented_naming_the_method() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = Server::builder()
-            .layer(NameUnimplementedLayer)
-            .add_service(pb::quota_service_server::QuotaServiceServer::new(NotYetImplemented));
-        let server = tokio::spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
-        let mut client = QuotaServiceClient::connect(format!("http://{addr}")).await.unwrap();
-        let err = client.get_quota(pb::GetQuotaRequest::default()).await.unwrap_err();
+        let router = Server::builder().layer(NameUnimplementedLayer).add_service(
+            pb::quota_service_server::QuotaServiceServer::new(NotYetImplemented),
+        );
+        let server = tokio::spawn(
+            router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut client = QuotaServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let err = client
+            .get_quota(pb::GetQuotaRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unimplemented);
         assert_eq!(
             err.message(),

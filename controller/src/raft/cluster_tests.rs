@@ -35,7 +35,12 @@ fn create(request_id: &str, name: &str) -> Envelope {
 }
 
 /// Proposes through any running node until applied, retrying with the same request id.
-async fn write(nodes: &Mutex<Vec<NodeHandle>>, rng: &Mutex<StdRng>, rid: &str, name: &str) -> Option<Outcome> {
+async fn write(
+    nodes: &Mutex<Vec<NodeHandle>>,
+    rng: &Mutex<StdRng>,
+    rid: &str,
+    name: &str,
+) -> Option<Outcome> {
     for _ in 0..40 {
         let node = {
             let nodes = nodes.lock();
@@ -57,14 +62,20 @@ async fn write(nodes: &Mutex<Vec<NodeHandle>>, rng: &Mutex<StdRng>, rid: &str, n
 }
 
 fn running_handles(c: &Cluster) -> Vec<NodeHandle> {
-    c.ids().into_iter().filter_map(|id| c.node(id).cloned()).collect()
+    c.ids()
+        .into_iter()
+        .filter_map(|id| c.node(id).cloned())
+        .collect()
 }
 
 /// Records (term → leader) from every status sample; two leaders in one term is a violation.
 fn check_leaders(c: &Cluster, seen: &mut BTreeMap<u64, u64>, seed: u64) {
     for (term, id) in c.leaders_by_term() {
         let first = *seen.entry(term).or_insert(id);
-        assert_eq!(first, id, "seed {seed}: two leaders ({first} and {id}) in term {term}");
+        assert_eq!(
+            first, id,
+            "seed {seed}: two leaders ({first} and {id}) in term {term}"
+        );
     }
 }
 
@@ -72,7 +83,9 @@ async fn run_schedule(seed: u64) {
     let size = if seed.is_multiple_of(3) { 5 } else { 3 };
     let minority = (size - 1) / 2;
     let mut cluster = Cluster::start(size, seed, fast_tuning());
-    cluster.wait_until(CONVERGE, "a first leader", |c| c.leader().is_some()).await;
+    cluster
+        .wait_until(CONVERGE, "a first leader", |c| c.leader().is_some())
+        .await;
 
     let handles = Arc::new(Mutex::new(running_handles(&cluster)));
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -146,31 +159,58 @@ async fn run_schedule(seed: u64) {
     for w in writers {
         w.await.expect("writer task");
     }
-    cluster.wait_until(CONVERGE, "a leader after healing", |c| c.leader().is_some()).await;
+    cluster
+        .wait_until(CONVERGE, "a leader after healing", |c| c.leader().is_some())
+        .await;
     // One more write through the healed cluster commits everything before it in every log.
     let rng = Mutex::new(StdRng::seed_from_u64(seed));
-    let last = write(&handles, &rng, &format!("final-{seed}"), &format!("final-{seed}")).await;
-    assert!(matches!(last, Some(Outcome::Project(_))), "seed {seed}: healed cluster did not accept a write");
-    cluster.wait_until(CONVERGE, "replicas converge to one checksum", |c| c.converged()).await;
+    let last = write(
+        &handles,
+        &rng,
+        &format!("final-{seed}"),
+        &format!("final-{seed}"),
+    )
+    .await;
+    assert!(
+        matches!(last, Some(Outcome::Project(_))),
+        "seed {seed}: healed cluster did not accept a write"
+    );
+    cluster
+        .wait_until(CONVERGE, "replicas converge to one checksum", |c| {
+            c.converged()
+        })
+        .await;
     check_leaders(&cluster, &mut leaders, seed);
 
     let acked = acked.lock().clone();
-    assert!(!acked.is_empty(), "seed {seed}: no write was acknowledged at all");
+    assert!(
+        !acked.is_empty(),
+        "seed {seed}: no write was acknowledged at all"
+    );
     for id in cluster.ids() {
         let node = cluster.node(id).expect("running");
         let state = node.state();
         for name in &acked {
-            assert!(state.project(name).is_some(), "seed {seed}: acknowledged {name} missing on node {id}");
+            assert!(
+                state.project(name).is_some(),
+                "seed {seed}: acknowledged {name} missing on node {id}"
+            );
         }
     }
     cluster.shutdown();
 }
 
 fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("FLOTILLA_HARNESS_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = std::env::var("FLOTILLA_HARNESS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return vec![seed];
     }
-    let count = std::env::var("FLOTILLA_HARNESS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let count = std::env::var("FLOTILLA_HARNESS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     (1..=count).collect()
 }
 
@@ -184,23 +224,41 @@ async fn randomized_fault_schedules_lose_no_acknowledged_write_and_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_is_replaced_and_its_minority_side_acknowledges_nothing() {
     let cluster = Cluster::start(3, 7, fast_tuning());
-    cluster.wait_until(CONVERGE, "a leader", |c| c.leader().is_some()).await;
+    cluster
+        .wait_until(CONVERGE, "a leader", |c| c.leader().is_some())
+        .await;
     let old = cluster.leader().expect("leader");
     cluster.isolate(old);
     let old_handle = cluster.node(old).expect("running").clone();
     // The isolated leader cannot commit: the write must fail, not be acknowledged.
-    let r = old_handle.propose(&create("minority", "minority-write")).await;
-    assert!(r.is_err(), "a partitioned leader acknowledged a write: {r:?}");
+    let r = old_handle
+        .propose(&create("minority", "minority-write"))
+        .await;
+    assert!(
+        r.is_err(),
+        "a partitioned leader acknowledged a write: {r:?}"
+    );
     cluster
         .wait_until(CONVERGE, "a new leader on the majority side", |c| {
             c.leaders_by_term().iter().any(|(_, id)| *id != old)
         })
         .await;
-    let new = cluster.leaders_by_term().into_iter().find(|(_, id)| *id != old).expect("new leader").1;
-    let out = cluster.node(new).expect("running").propose(&create("majority", "majority-write")).await;
+    let new = cluster
+        .leaders_by_term()
+        .into_iter()
+        .find(|(_, id)| *id != old)
+        .expect("new leader")
+        .1;
+    let out = cluster
+        .node(new)
+        .expect("running")
+        .propose(&create("majority", "majority-write"))
+        .await;
     assert!(matches!(out, Ok(Outcome::Project(_))), "{out:?}");
     cluster.heal();
-    cluster.wait_until(CONVERGE, "convergence after healing", |c| c.converged()).await;
+    cluster
+        .wait_until(CONVERGE, "convergence after healing", |c| c.converged())
+        .await;
     let state = old_handle.state();
     assert!(state.project("majority-write").is_some());
     drop(state);
@@ -213,50 +271,86 @@ async fn a_new_member_catches_up_from_a_snapshot_and_members_can_be_removed() {
     tuning.snapshot_interval = 20;
     tuning.log_retention = 5;
     let mut cluster = Cluster::start(3, 11, tuning);
-    cluster.wait_until(CONVERGE, "a leader", |c| c.leader().is_some()).await;
-    let leader = cluster.node(cluster.leader().expect("leader")).expect("running").clone();
+    cluster
+        .wait_until(CONVERGE, "a leader", |c| c.leader().is_some())
+        .await;
+    let leader = cluster
+        .node(cluster.leader().expect("leader"))
+        .expect("running")
+        .clone();
     for i in 0..60 {
-        let out = leader.propose(&create(&format!("r{i}"), &format!("p{i}"))).await;
+        let out = leader
+            .propose(&create(&format!("r{i}"), &format!("p{i}")))
+            .await;
         assert!(matches!(out, Ok(Outcome::Project(_))), "{out:?}");
     }
     assert!(leader.status().first_log_index > 1, "the log was compacted");
 
     let joining = cluster.start_joining(4);
-    let out = leader.change_members(MemberChange::Add(joining.clone())).await;
+    let out = leader
+        .change_members(MemberChange::Add(joining.clone()))
+        .await;
     assert!(matches!(out, Ok(Outcome::Members(_))), "{out:?}");
-    cluster.wait_until(CONVERGE, "node 4 catches up", |c| c.converged()).await;
+    cluster
+        .wait_until(CONVERGE, "node 4 catches up", |c| c.converged())
+        .await;
     let n4 = cluster.node(4).expect("running").clone();
     assert!(n4.state().project("p59").is_some());
-    assert!(n4.state().member(4).is_some(), "the new member is in replicated membership");
+    assert!(
+        n4.state().member(4).is_some(),
+        "the new member is in replicated membership"
+    );
 
     // A follower (not the leader) leaves; the cluster keeps committing with the rest.
-    let follower = cluster.ids().into_iter().find(|id| *id != leader.id() && *id != 4).expect("a follower");
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader.id() && *id != 4)
+        .expect("a follower");
     let out = leader.change_members(MemberChange::Remove(follower)).await;
     assert!(matches!(out, Ok(Outcome::Members(_))), "{out:?}");
     cluster.crash(follower);
-    let out = leader.propose(&create("after-remove", "after-remove")).await;
+    let out = leader
+        .propose(&create("after-remove", "after-remove"))
+        .await;
     assert!(matches!(out, Ok(Outcome::Project(_))), "{out:?}");
     assert!(!leader.status().voters.contains(&follower));
 
     // Removing the leader itself is refused with advice.
-    let refused = leader.change_members(MemberChange::Remove(leader.id())).await;
-    assert!(matches!(refused, Err(super::NodeError::MembershipRefused(_))), "{refused:?}");
+    let refused = leader
+        .change_members(MemberChange::Remove(leader.id()))
+        .await;
+    assert!(
+        matches!(refused, Err(super::NodeError::MembershipRefused(_))),
+        "{refused:?}"
+    );
     cluster.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_moves_to_the_requested_member() {
     let cluster = Cluster::start(3, 5, fast_tuning());
-    cluster.wait_until(CONVERGE, "a leader", |c| c.leader().is_some()).await;
+    cluster
+        .wait_until(CONVERGE, "a leader", |c| c.leader().is_some())
+        .await;
     let leader = cluster.leader().expect("leader");
-    let target = cluster.ids().into_iter().find(|id| *id != leader).expect("another member");
+    let target = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("another member");
     let handle = cluster.node(leader).expect("running").clone();
     let moved = handle.transfer_leader(target).await;
     assert_eq!(moved, Ok(target));
-    cluster.wait_until(CONVERGE, "the target leads", |c| c.leader() == Some(target)).await;
+    cluster
+        .wait_until(CONVERGE, "the target leads", |c| c.leader() == Some(target))
+        .await;
     // A follower asked to transfer says who leads instead.
     let follower = cluster.node(leader).expect("running").clone();
-    assert!(matches!(follower.transfer_leader(leader).await, Err(super::NodeError::NotLeader { .. })));
+    assert!(matches!(
+        follower.transfer_leader(leader).await,
+        Err(super::NodeError::NotLeader { .. })
+    ));
     cluster.shutdown();
 }
 
@@ -265,12 +359,22 @@ async fn a_restarted_node_recovers_its_state_from_disk() {
     let mut tuning = fast_tuning();
     tuning.snapshot_interval = 15;
     let mut cluster = Cluster::start(3, 3, tuning);
-    cluster.wait_until(CONVERGE, "a leader", |c| c.leader().is_some()).await;
-    let leader = cluster.node(cluster.leader().expect("leader")).expect("running").clone();
+    cluster
+        .wait_until(CONVERGE, "a leader", |c| c.leader().is_some())
+        .await;
+    let leader = cluster
+        .node(cluster.leader().expect("leader"))
+        .expect("running")
+        .clone();
     for i in 0..40 {
-        leader.propose(&create(&format!("r{i}"), &format!("p{i}"))).await.expect("write");
+        leader
+            .propose(&create(&format!("r{i}"), &format!("p{i}")))
+            .await
+            .expect("write");
     }
-    cluster.wait_until(CONVERGE, "convergence", |c| c.converged()).await;
+    cluster
+        .wait_until(CONVERGE, "convergence", |c| c.converged())
+        .await;
     let before = leader.state().checksum();
     for id in cluster.ids() {
         cluster.crash(id);
@@ -278,8 +382,14 @@ async fn a_restarted_node_recovers_its_state_from_disk() {
     for id in 1..=3 {
         cluster.restart(id);
     }
-    cluster.wait_until(CONVERGE, "a leader after a full restart", |c| c.leader().is_some()).await;
-    cluster.wait_until(CONVERGE, "convergence after restart", |c| c.converged()).await;
+    cluster
+        .wait_until(CONVERGE, "a leader after a full restart", |c| {
+            c.leader().is_some()
+        })
+        .await;
+    cluster
+        .wait_until(CONVERGE, "convergence after restart", |c| c.converged())
+        .await;
     let node = cluster.node(1).expect("running").clone();
     assert!(node.state().project("p39").is_some());
     assert_eq!(node.state().project_count(), 40);

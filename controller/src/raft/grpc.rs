@@ -57,7 +57,10 @@ impl GrpcTransport {
     }
 
     /// A channel to a peer's peer listener (mutual TLS when configured).
-    pub fn channel(address: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, tonic::transport::Error> {
+    pub fn channel(
+        address: &str,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<Channel, tonic::transport::Error> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{address}"))?
             .connect_timeout(Duration::from_secs(1))
@@ -75,6 +78,8 @@ impl GrpcTransport {
     }
 
     fn spawn_peer(&self, to: u64, address: &str) -> Option<Peer> {
+        // Called from the raft thread: lazy channels need a runtime context to be created in.
+        let _runtime = self.runtime.enter();
         let channel = match Self::channel(address, self.tls.as_ref()) {
             Ok(c) => c,
             Err(e) => {
@@ -85,7 +90,13 @@ impl GrpcTransport {
         let (tx, rx) = mpsc::channel(QUEUE);
         let node = self.node.clone();
         let from = self.id;
-        self.runtime.spawn(peer_sender(from, to, RaftServiceClient::new(channel), rx, node));
+        self.runtime.spawn(peer_sender(
+            from,
+            to,
+            RaftServiceClient::new(channel),
+            rx,
+            node,
+        ));
         Some(Peer {
             address: address.to_owned(),
             queue: tx,
@@ -130,7 +141,10 @@ async fn stream_snapshot(from: u64, mut client: RaftServiceClient<Channel>, msg:
             last: (i + 1) * SNAPSHOT_CHUNK >= total,
         })
         .collect();
-    client.install_snapshot(tokio_stream::iter(chunks)).await.is_ok()
+    client
+        .install_snapshot(tokio_stream::iter(chunks))
+        .await
+        .is_ok()
 }
 
 async fn peer_sender(
@@ -149,7 +163,10 @@ async fn peer_sender(
                 Err(_) => break,
             }
         }
-        let messages = batch.iter().filter_map(|m| m.write_to_bytes().ok()).collect();
+        let messages = batch
+            .iter()
+            .filter_map(|m| m.write_to_bytes().ok())
+            .collect();
         let req = Request::new(RaftBatch { from, messages });
         match client.step(req).await {
             Ok(_) => reported = false,
@@ -220,7 +237,9 @@ impl RaftService for RaftServer {
         let mut buf = Vec::new();
         while let Some(chunk) = stream.message().await? {
             if buf.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
-                return Err(Status::resource_exhausted("snapshot larger than the accepted maximum"));
+                return Err(Status::resource_exhausted(
+                    "snapshot larger than the accepted maximum",
+                ));
             }
             buf.extend_from_slice(&chunk.data);
             if chunk.last {
@@ -230,11 +249,15 @@ impl RaftService for RaftServer {
                 return Ok(Response::new(Empty {}));
             }
         }
-        Err(Status::invalid_argument("snapshot stream ended before its last chunk"))
+        Err(Status::invalid_argument(
+            "snapshot stream ended before its last chunk",
+        ))
     }
 
-    async fn peer_status(&self, _request: Request<Empty>) -> Result<Response<MemberStatus>, Status> {
+    async fn peer_status(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<MemberStatus>, Status> {
         Ok(Response::new((self.status)()))
     }
 }
-

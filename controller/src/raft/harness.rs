@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use raft::prelude::{Message, MessageType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use raft::prelude::{Message, MessageType};
 
 use super::node::{NodeHandle, NodeOptions};
 use super::transport::{Inbox, Transport};
@@ -255,7 +255,10 @@ impl Cluster {
     pub async fn wait_until(&self, timeout: Duration, what: &str, cond: impl Fn(&Cluster) -> bool) {
         let deadline = Instant::now() + timeout;
         while !cond(self) {
-            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for: {what}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }

@@ -1,7 +1,7 @@
 //! Raft: the node that owns the raft-rs `RawNode` (one thread), its sled storage, and the peer
 //! transport (gRPC in production, in-memory with fault hooks in the test harness).
-mod logger;
 pub mod grpc;
+mod logger;
 pub mod node;
 pub mod storage;
 pub mod transport;

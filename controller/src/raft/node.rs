@@ -81,13 +81,27 @@ pub enum MemberChange {
 type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
 pub enum NodeMsg {
-    Propose { data: Vec<u8>, reply: Reply<Outcome> },
-    ChangeMembers { change: MemberChange, reply: Reply<Outcome> },
-    ReadIndex { reply: Reply<()> },
-    TransferLeader { target: u64, reply: Reply<u64> },
+    Propose {
+        data: Vec<u8>,
+        reply: Reply<Outcome>,
+    },
+    ChangeMembers {
+        change: MemberChange,
+        reply: Reply<Outcome>,
+    },
+    ReadIndex {
+        reply: Reply<()>,
+    },
+    TransferLeader {
+        target: u64,
+        reply: Reply<u64>,
+    },
     Step(Box<Message>),
     Unreachable(u64),
-    SnapshotStatus { to: u64, ok: bool },
+    SnapshotStatus {
+        to: u64,
+        ok: bool,
+    },
     Stop,
 }
 
@@ -114,7 +128,10 @@ impl NodeHandle {
     /// Proposes a command and waits until it is applied, returning its outcome.
     pub async fn propose(&self, env: &Envelope) -> Result<Outcome, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.send(NodeMsg::Propose { data: env.encode(), reply })?;
+        self.send(NodeMsg::Propose {
+            data: env.encode(),
+            reply,
+        })?;
         self.wait(rx).await
     }
 
@@ -254,7 +271,12 @@ fn untag(ctx: &[u8]) -> Option<(u64, u64, u64)> {
     if ctx.len() != 24 {
         return None;
     }
-    let word = |i: usize| ctx[i * 8..(i + 1) * 8].try_into().ok().map(u64::from_be_bytes);
+    let word = |i: usize| {
+        ctx[i * 8..(i + 1) * 8]
+            .try_into()
+            .ok()
+            .map(u64::from_be_bytes)
+    };
     Some((word(0)?, word(1)?, word(2)?))
 }
 
@@ -365,7 +387,19 @@ impl Node {
         node.publish_peers();
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", opts.id))
-            .spawn(move || node.run())
+            .spawn(move || {
+                // A panic here would leave a process that answers but never commits again.
+                if let Err(panic) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run()))
+                {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    fatal("the raft thread panicked", &what);
+                }
+            })
             .map_err(|source| StartError::Thread { source })?;
         Ok((handle, thread))
     }
@@ -406,7 +440,8 @@ impl Node {
                 match self.raw.propose(tag(self.id, self.incarnation, seq), data) {
                     Ok(()) => {
                         let deadline = Instant::now() + self.proposal_timeout();
-                        self.proposals.insert(seq, PendingProposal { reply, deadline });
+                        self.proposals
+                            .insert(seq, PendingProposal { reply, deadline });
                     }
                     Err(_) => {
                         let _ = reply.send(Err(self.not_accepting()));
@@ -431,7 +466,11 @@ impl Node {
             }
             NodeMsg::Unreachable(peer) => self.raw.report_unreachable(peer),
             NodeMsg::SnapshotStatus { to, ok } => {
-                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
                 self.raw.report_snapshot(to, status);
             }
             NodeMsg::Stop => {}
@@ -502,10 +541,14 @@ impl Node {
             return;
         }
         let seq = self.next_seq();
-        match self.raw.propose_conf_change(tag(self.id, self.incarnation, seq), cc) {
+        match self
+            .raw
+            .propose_conf_change(tag(self.id, self.incarnation, seq), cc)
+        {
             Ok(()) => {
                 let deadline = Instant::now() + self.proposal_timeout();
-                self.proposals.insert(seq, PendingProposal { reply, deadline });
+                self.proposals
+                    .insert(seq, PendingProposal { reply, deadline });
             }
             Err(e) => {
                 let _ = reply.send(Err(NodeError::MembershipRefused(e.to_string())));
@@ -545,15 +588,23 @@ impl Node {
     /// Fails requests that waited too long; clients retry with the same request id.
     fn expire(&mut self, now: Instant) {
         let timeout = self.proposal_timeout();
-        let expired: Vec<u64> =
-            self.proposals.iter().filter(|(_, p)| p.deadline <= now).map(|(s, _)| *s).collect();
+        let expired: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
         for seq in expired {
             if let Some(p) = self.proposals.remove(&seq) {
                 let _ = p.reply.send(Err(NodeError::Timeout(timeout)));
             }
         }
-        let expired: Vec<u64> =
-            self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(s, _)| *s).collect();
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
         for seq in expired {
             if let Some(r) = self.reads.remove(&seq) {
                 let err = if self.raw.raft.leader_id == 0 {
@@ -689,7 +740,9 @@ impl Node {
                         Some(self.apply_conf_change(&mut state, &e))
                     }
                 };
-                if let (Some(outcome), Some((node, incarnation, seq))) = (outcome, untag(&e.context)) {
+                if let (Some(outcome), Some((node, incarnation, seq))) =
+                    (outcome, untag(&e.context))
+                {
                     if node == self.id && incarnation == self.incarnation {
                         replies.push((seq, outcome));
                     }
@@ -702,7 +755,8 @@ impl Node {
             }
         }
         let revision = self.shared.state.read().revision();
-        self.revision_tx.send_if_modified(|r| std::mem::replace(r, revision) != revision);
+        self.revision_tx
+            .send_if_modified(|r| std::mem::replace(r, revision) != revision);
         if members_changed {
             self.publish_peers();
         }
@@ -722,13 +776,18 @@ impl Node {
                 Ok(cc) => cc,
                 Err(err) => fatal("a membership entry cannot be decoded", &err),
             };
-            let changes = cc.get_changes().iter().map(|c| (c.get_change_type(), c.node_id)).collect();
+            let changes = cc
+                .get_changes()
+                .iter()
+                .map(|c| (c.get_change_type(), c.node_id))
+                .collect();
             (self.raw.apply_conf_change(&cc), changes, None)
         };
         let cs = match applied {
             Ok(cs) => cs,
             Err(err) => fatal("applying a membership change failed", &err),
         };
+        self.shared.status.lock().voters = cs.voters.clone();
         if let Err(err) = self.raw.mut_store().set_conf_state(cs) {
             fatal("saving the membership failed", &err);
         }
@@ -770,7 +829,9 @@ impl Node {
         }
         let applied = self.applied;
         let (ready_reads, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.reads_waiting_apply).into_iter().partition(|(i, _)| *i <= applied);
+            std::mem::take(&mut self.reads_waiting_apply)
+                .into_iter()
+                .partition(|(i, _)| *i <= applied);
         self.reads_waiting_apply = waiting;
         for (_, reply) in ready_reads {
             let _ = reply.send(Ok(()));
@@ -819,7 +880,11 @@ impl Node {
         let size = data.len();
         let applied = self.applied;
         let retention = self.tuning.log_retention;
-        match self.raw.mut_store().create_snapshot(applied, data, retention) {
+        match self
+            .raw
+            .mut_store()
+            .create_snapshot(applied, data, retention)
+        {
             Ok(()) => tracing::debug!(index = applied, bytes = size, "took a snapshot"),
             Err(StorageError::SnapshotOutOfDate { .. }) => {}
             Err(e) => fatal("saving a snapshot failed", &e),
@@ -829,8 +894,11 @@ impl Node {
     /// Tells the transport where peers are: replicated membership, else the configured list.
     fn publish_peers(&mut self) {
         let state = self.shared.state.read();
-        let mut peers: BTreeMap<u64, String> =
-            self.initial_members.iter().map(|m| (m.id, m.peer_address.clone())).collect();
+        let mut peers: BTreeMap<u64, String> = self
+            .initial_members
+            .iter()
+            .map(|m| (m.id, m.peer_address.clone()))
+            .collect();
         for m in state.members() {
             peers.insert(m.id, m.peer_address.clone());
         }

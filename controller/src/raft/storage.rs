@@ -61,7 +61,6 @@ fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
     m.write_to_bytes().expect("raft protobuf message encodes")
 }
 
-
 impl SledStorage {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<SledStorage, StorageError> {
@@ -229,11 +228,18 @@ impl SledStorage {
 
     /// Stores a snapshot of the local state machine taken at `index` and compacts the log,
     /// keeping `retention` entries behind it for peers that are only slightly behind.
-    pub fn create_snapshot(&mut self, index: u64, data: Vec<u8>, retention: u64) -> Result<(), StorageError> {
-        let term = self.term(index).map_err(|_| StorageError::SnapshotOutOfDate {
-            index,
-            first: self.first(),
-        })?;
+    pub fn create_snapshot(
+        &mut self,
+        index: u64,
+        data: Vec<u8>,
+        retention: u64,
+    ) -> Result<(), StorageError> {
+        let term = self
+            .term(index)
+            .map_err(|_| StorageError::SnapshotOutOfDate {
+                index,
+                first: self.first(),
+            })?;
         let mut snap = Snapshot::default();
         snap.set_data(data.into());
         let m = snap.mut_metadata();
@@ -345,11 +351,17 @@ impl Storage for SledStorage {
         // A snapshot taken before `to` was added does not name it, and raft-rs on the receiving
         // side refuses such a snapshot: make a fresh one instead.
         let names_recipient = cs.voters.contains(&to) || cs.learners.contains(&to);
-        if meta.index >= request_index && meta.index >= self.truncated_index && meta.index > 0 && names_recipient {
+        if meta.index >= request_index
+            && meta.index >= self.truncated_index
+            && meta.index > 0
+            && names_recipient
+        {
             return Ok(self.snapshot.clone());
         }
         self.snapshot_wanted.store(true, Ordering::Relaxed);
-        Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -373,7 +385,8 @@ mod tests {
             let mut s = SledStorage::open(dir.path()).unwrap();
             assert!(s.is_empty());
             s.bootstrap(vec![1, 2, 3]).unwrap();
-            s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+            s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>())
+                .unwrap();
             s.set_hard_state(HardState {
                 term: 1,
                 commit: 4,
@@ -386,14 +399,20 @@ mod tests {
         assert_eq!((s.first(), s.last()), (1, 5));
         assert_eq!(s.hard_state().commit, 4);
         assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
-        assert_eq!(s.entries(2, 4, None, GetEntriesContext::empty(false)).unwrap().len(), 2);
+        assert_eq!(
+            s.entries(2, 4, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
     fn a_conflicting_append_replaces_the_suffix() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SledStorage::open(dir.path()).unwrap();
-        s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>())
+            .unwrap();
         s.append(&[entry(3, 2), entry(4, 2)]).unwrap();
         s.persist().unwrap();
         assert_eq!(s.last(), 4);
@@ -408,14 +427,26 @@ mod tests {
     fn snapshots_compact_the_log_but_keep_retention_and_boundary_terms() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SledStorage::open(dir.path()).unwrap();
-        s.append(&(1..=100).map(|i| entry(i, 1 + i / 50)).collect::<Vec<_>>()).unwrap();
+        s.append(&(1..=100).map(|i| entry(i, 1 + i / 50)).collect::<Vec<_>>())
+            .unwrap();
         s.create_snapshot(90, b"state".to_vec(), 10).unwrap();
         assert_eq!(s.first(), 81);
-        assert_eq!(s.term(80).unwrap(), 2, "term of the compaction boundary is kept");
-        assert!(matches!(s.term(50), Err(raft::Error::Store(RaftStorageError::Compacted))));
-        assert!(s.snapshot(85, 2).is_err(), "the stored snapshot does not name peer 2");
+        assert_eq!(
+            s.term(80).unwrap(),
+            2,
+            "term of the compaction boundary is kept"
+        );
+        assert!(matches!(
+            s.term(50),
+            Err(raft::Error::Store(RaftStorageError::Compacted))
+        ));
+        assert!(
+            s.snapshot(85, 2).is_err(),
+            "the stored snapshot does not name peer 2"
+        );
         assert!(s.snapshot_wanted());
-        s.set_conf_state(ConfState::from((vec![1, 2], vec![]))).unwrap();
+        s.set_conf_state(ConfState::from((vec![1, 2], vec![])))
+            .unwrap();
         s.create_snapshot(90, b"state".to_vec(), 10).unwrap();
         assert!(!s.snapshot_wanted());
         assert_eq!(s.snapshot(85, 2).unwrap().get_metadata().index, 90);
@@ -431,7 +462,8 @@ mod tests {
     fn an_installed_snapshot_replaces_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SledStorage::open(dir.path()).unwrap();
-        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
+            .unwrap();
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 50;
         snap.mut_metadata().term = 3;
@@ -443,6 +475,9 @@ mod tests {
         assert_eq!(s.hard_state().commit, 50);
         drop(s);
         let s = SledStorage::open(dir.path()).unwrap();
-        assert_eq!((s.first(), s.last(), s.conf_state().voters.clone()), (51, 50, vec![1, 2]));
+        assert_eq!(
+            (s.first(), s.last(), s.conf_state().voters.clone()),
+            (51, 50, vec![1, 2])
+        );
     }
 }

@@ -29,7 +29,9 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Records the initial members of a new cluster; ignored once any member is known.
-    Bootstrap { members: Vec<Member> },
+    Bootstrap {
+        members: Vec<Member>,
+    },
     CreateProject {
         id: String,
         name: String,

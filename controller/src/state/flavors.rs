@@ -1,5 +1,7 @@
 //! Applying flavor commands.
-use super::{validate, Change, Command, Envelope, EventAction, Flavor, Meta, Outcome, Rejection, State};
+use super::{
+    validate, Change, Command, Envelope, EventAction, Flavor, Meta, Outcome, Rejection, State,
+};
 
 type Applied = Result<(Outcome, Option<Change<'static>>), Rejection>;
 
@@ -22,7 +24,10 @@ impl State {
                     return Err(Rejection::exists("flavor", &spec.name));
                 }
                 if self.flavors.contains_key(&spec.id) {
-                    return Err(Rejection::Invalid(format!("flavor id {} is already taken", spec.id)));
+                    return Err(Rejection::Invalid(format!(
+                        "flavor id {} is already taken",
+                        spec.id
+                    )));
                 }
                 let flavor = Flavor {
                     id: spec.id.clone(),
@@ -38,9 +43,13 @@ impl State {
                     access_project_ids: Default::default(),
                     meta: Meta::new(revision, env.time_ms),
                 };
-                self.flavor_names.insert(flavor.name.clone(), flavor.id.clone());
+                self.flavor_names
+                    .insert(flavor.name.clone(), flavor.id.clone());
                 self.flavors.insert(flavor.id.clone(), flavor.clone());
-                Ok((Outcome::Flavor(flavor.clone()), Some(change(&flavor, EventAction::Created))))
+                Ok((
+                    Outcome::Flavor(flavor.clone()),
+                    Some(change(&flavor, EventAction::Created)),
+                ))
             }
             Command::UpdateFlavor {
                 flavor,
@@ -70,7 +79,8 @@ impl State {
                 self.flavor_names.remove(&found.name);
                 Ok((Outcome::Deleted, Some(change(&found, EventAction::Deleted))))
             }
-            Command::AddFlavorAccess { flavor, project } | Command::RemoveFlavorAccess { flavor, project } => {
+            Command::AddFlavorAccess { flavor, project }
+            | Command::RemoveFlavorAccess { flavor, project } => {
                 let mut next = self.existing(flavor)?.clone();
                 if next.is_public {
                     return Err(Rejection::FailedPrecondition(format!(
@@ -95,7 +105,8 @@ impl State {
     }
 
     fn existing(&self, key: &str) -> Result<&Flavor, Rejection> {
-        self.flavor(key).ok_or_else(|| Rejection::not_found("flavor", key))
+        self.flavor(key)
+            .ok_or_else(|| Rejection::not_found("flavor", key))
     }
 
     /// Stores an updated flavor; an update that changes nothing makes no revision.
@@ -105,7 +116,10 @@ impl State {
         }
         next.meta.touch(revision, env.time_ms);
         self.flavors.insert(next.id.clone(), next.clone());
-        Ok((Outcome::Flavor(next.clone()), Some(change(&next, EventAction::Updated))))
+        Ok((
+            Outcome::Flavor(next.clone()),
+            Some(change(&next, EventAction::Updated)),
+        ))
     }
 }
 

@@ -41,6 +41,8 @@ pub struct State {
     /// Revision of the last change; 0 before any.
     revision: u64,
     members: BTreeMap<u64, Member>,
+    /// Ids of members that were removed; ids are never reused.
+    removed_members: std::collections::BTreeSet<u64>,
     projects: BTreeMap<String, Project>,
     flavors: BTreeMap<String, Flavor>,
     events: VecDeque<Event>,
@@ -113,6 +115,7 @@ impl State {
         self.applied_index = index;
         if let Some(id) = removed {
             self.members.remove(&id);
+            self.removed_members.insert(id);
         }
         if let Some(m) = added {
             self.members.insert(m.id, m);
@@ -161,7 +164,8 @@ impl State {
                 outcome: outcome.clone(),
             },
         );
-        self.request_order.push_back((env.time_ms, env.request_id.clone()));
+        self.request_order
+            .push_back((env.time_ms, env.request_id.clone()));
     }
 
     fn forget_old_requests(&mut self, now_ms: i64) {
@@ -191,6 +195,11 @@ impl State {
         self.members.get(&id)
     }
 
+    /// Whether `id` belonged to a member that was removed (ids are never reused).
+    pub fn was_removed(&self, id: u64) -> bool {
+        self.removed_members.contains(&id)
+    }
+
     /// Projects in id order, starting after `after` (exclusive) when given.
     pub fn projects_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Project> + 'a {
         use std::ops::Bound::{Excluded, Unbounded};
@@ -204,9 +213,11 @@ impl State {
 
     /// Looks a project up by id, then by name.
     pub fn project(&self, key: &str) -> Option<&Project> {
-        self.projects
-            .get(key)
-            .or_else(|| self.project_names.get(key).and_then(|id| self.projects.get(id)))
+        self.projects.get(key).or_else(|| {
+            self.project_names
+                .get(key)
+                .and_then(|id| self.projects.get(id))
+        })
     }
 
     pub fn project_count(&self) -> usize {
@@ -224,9 +235,11 @@ impl State {
     }
 
     pub fn flavor(&self, key: &str) -> Option<&Flavor> {
-        self.flavors
-            .get(key)
-            .or_else(|| self.flavor_names.get(key).and_then(|id| self.flavors.get(id)))
+        self.flavors.get(key).or_else(|| {
+            self.flavor_names
+                .get(key)
+                .and_then(|id| self.flavors.get(id))
+        })
     }
 
     /// Retained events with revision greater than `after`, oldest first. `Err(oldest)` when
@@ -254,8 +267,16 @@ impl State {
             Some(&v) if v > FORMAT_VERSION || v == 0 => return Err(DecodeError::NewerVersion(v)),
             Some(_) => bincode::deserialize(&data[1..]).map_err(DecodeError::Malformed)?,
         };
-        state.project_names = state.projects.values().map(|p| (p.name.clone(), p.id.clone())).collect();
-        state.flavor_names = state.flavors.values().map(|f| (f.name.clone(), f.id.clone())).collect();
+        state.project_names = state
+            .projects
+            .values()
+            .map(|p| (p.name.clone(), p.id.clone()))
+            .collect();
+        state.flavor_names = state
+            .flavors
+            .values()
+            .map(|f| (f.name.clone(), f.id.clone()))
+            .collect();
         Ok(state)
     }
 

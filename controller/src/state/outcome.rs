@@ -28,7 +28,10 @@ pub enum Rejection {
         "request id {request_id:?} was already used for a different operation ({previous}); \
          use a fresh request id"
     )]
-    RequestIdReused { request_id: String, previous: String },
+    RequestIdReused {
+        request_id: String,
+        previous: String,
+    },
 }
 
 impl Rejection {

@@ -1,5 +1,7 @@
 //! Applying project commands.
-use super::{validate, Change, Command, Envelope, EventAction, Meta, Outcome, Project, Rejection, State};
+use super::{
+    validate, Change, Command, Envelope, EventAction, Meta, Outcome, Project, Rejection, State,
+};
 
 type Applied = Result<(Outcome, Option<Change<'static>>), Rejection>;
 
@@ -20,7 +22,9 @@ impl State {
                     return Err(Rejection::exists("project", name));
                 }
                 if self.projects.contains_key(id) {
-                    return Err(Rejection::Invalid(format!("project id {id} is already taken")));
+                    return Err(Rejection::Invalid(format!(
+                        "project id {id} is already taken"
+                    )));
                 }
                 let project = Project {
                     id: id.clone(),
@@ -32,7 +36,10 @@ impl State {
                 };
                 self.project_names.insert(name.clone(), id.clone());
                 self.projects.insert(id.clone(), project.clone());
-                Ok((Outcome::Project(project.clone()), Some(change(&project, EventAction::Created))))
+                Ok((
+                    Outcome::Project(project.clone()),
+                    Some(change(&project, EventAction::Created)),
+                ))
             }
             Command::UpdateProject {
                 project,
@@ -71,16 +78,24 @@ impl State {
                 }
                 next.meta.touch(revision, env.time_ms);
                 self.project_names.remove(&current.name);
-                self.project_names.insert(next.name.clone(), next.id.clone());
+                self.project_names
+                    .insert(next.name.clone(), next.id.clone());
                 self.projects.insert(next.id.clone(), next.clone());
-                Ok((Outcome::Project(next.clone()), Some(change(&next, EventAction::Updated))))
+                Ok((
+                    Outcome::Project(next.clone()),
+                    Some(change(&next, EventAction::Updated)),
+                ))
             }
             Command::DeleteProject { project } => {
                 let found = self
                     .project(project)
                     .ok_or_else(|| Rejection::not_found("project", project))?
                     .clone();
-                if found.properties.get("protected").is_some_and(|v| v == "true") {
+                if found
+                    .properties
+                    .get("protected")
+                    .is_some_and(|v| v == "true")
+                {
                     return Err(Rejection::FailedPrecondition(format!(
                         "project {:?} is protected (property protected=true); unset it first",
                         found.name

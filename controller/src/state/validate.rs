@@ -15,23 +15,31 @@ pub fn name(kind: &str, name: &str) -> Result<(), String> {
         return Err(format!("{kind} name must not be empty"));
     }
     if name.chars().count() > MAX_NAME_LEN {
-        return Err(format!("{kind} name is longer than {MAX_NAME_LEN} characters"));
+        return Err(format!(
+            "{kind} name is longer than {MAX_NAME_LEN} characters"
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err(format!("{kind} name must not contain control characters"));
     }
     if name.trim() != name {
-        return Err(format!("{kind} name must not start or end with white space"));
+        return Err(format!(
+            "{kind} name must not start or end with white space"
+        ));
     }
     if looks_like_uuid(name) {
-        return Err(format!("{kind} name must not look like a UUID (ids are UUIDs)"));
+        return Err(format!(
+            "{kind} name must not look like a UUID (ids are UUIDs)"
+        ));
     }
     Ok(())
 }
 
 pub fn description(kind: &str, text: &str) -> Result<(), String> {
     if text.chars().count() > MAX_DESCRIPTION_LEN {
-        return Err(format!("{kind} description is longer than {MAX_DESCRIPTION_LEN} characters"));
+        return Err(format!(
+            "{kind} description is longer than {MAX_DESCRIPTION_LEN} characters"
+        ));
     }
     Ok(())
 }
@@ -70,15 +78,25 @@ pub const MAX_VCPUS: u32 = 1024;
 pub const MAX_RAM_MIB: u64 = 16 << 20;
 pub const MAX_DISK_GIB: u64 = 1 << 20;
 
-pub fn flavor_sizes(vcpus: u32, ram_mib: u64, disk_gib: u64, ephemeral_gib: u64, swap_mib: u64) -> Result<(), String> {
+pub fn flavor_sizes(
+    vcpus: u32,
+    ram_mib: u64,
+    disk_gib: u64,
+    ephemeral_gib: u64,
+    swap_mib: u64,
+) -> Result<(), String> {
     if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(format!("flavor vcpus must be between 1 and {MAX_VCPUS}"));
     }
     if !(16..=MAX_RAM_MIB).contains(&ram_mib) {
-        return Err(format!("flavor ram must be between 16 and {MAX_RAM_MIB} MiB"));
+        return Err(format!(
+            "flavor ram must be between 16 and {MAX_RAM_MIB} MiB"
+        ));
     }
     if disk_gib > MAX_DISK_GIB || ephemeral_gib > MAX_DISK_GIB {
-        return Err(format!("flavor disk and ephemeral sizes must be at most {MAX_DISK_GIB} GiB"));
+        return Err(format!(
+            "flavor disk and ephemeral sizes must be at most {MAX_DISK_GIB} GiB"
+        ));
     }
     if swap_mib > MAX_RAM_MIB {
         return Err(format!("flavor swap must be at most {MAX_RAM_MIB} MiB"));

@@ -647,6 +647,25 @@ impl Client {
         }
     }
 
+    /// The same client restricted to one node (retries stay on that node).
+    pub fn only(&self, node: u64) -> Client {
+        let targets: Vec<_> = self
+            .targets
+            .iter()
+            .filter(|(id, _, _)| *id == node)
+            .cloned()
+            .collect();
+        assert!(
+            !targets.is_empty(),
+            "node {node} is not known to this client"
+        );
+        Client {
+            targets: Arc::new(targets),
+            next: Arc::new(AtomicUsize::new(0)),
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+
     /// Runs `rpc` against the cluster until it succeeds, fails with a non-retryable status, or
     /// `within` has passed. Retries (UNAVAILABLE, an expired attempt, connection errors) go to
     /// the hinted leader if the answer named one, else to the next node.
