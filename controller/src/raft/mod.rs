@@ -1,6 +1,7 @@
 //! Raft: the node that owns the raft-rs `RawNode` (one thread), its sled storage, and the peer
 //! transport (gRPC in production, in-memory with fault hooks in the test harness).
 pub mod grpc;
+mod handle;
 mod logger;
 pub mod node;
 pub mod storage;
