@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::raft_service_client::RaftServiceClient;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 use crate::api::auth::Authenticator;
@@ -180,8 +181,10 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
         }
     };
-    let client_incoming = tokio_stream::wrappers::TcpListenerStream::new(client_listener);
-    let peer_incoming = tokio_stream::wrappers::TcpListenerStream::new(peer_listener);
+    // Small request/response exchanges: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
+    let incoming = |l: tokio::net::TcpListener| TcpIncoming::from(l).with_nodelay(Some(true));
+    let client_incoming = incoming(client_listener);
+    let peer_incoming = incoming(peer_listener);
     tokio::select! {
         r = client_router.serve_with_incoming(client_incoming) => r.context("client listener failed")?,
         r = peer_router.serve_with_incoming(peer_incoming) => r.context("peer listener failed")?,

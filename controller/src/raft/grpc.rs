@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,6 +24,8 @@ use super::transport::Transport;
 
 const QUEUE: usize = 16_384;
 const MAX_BATCH: usize = 4_096;
+/// Encoded bytes per batch, well under the peer's decoding limit.
+const MAX_BATCH_BYTES: usize = 16 << 20;
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Largest snapshot accepted from a peer.
 const MAX_SNAPSHOT_BYTES: usize = 8 << 30;
@@ -147,39 +150,67 @@ async fn stream_snapshot(from: u64, mut client: RaftServiceClient<Channel>, msg:
         .is_ok()
 }
 
+/// Pumps one peer's queue into a long-lived `StepStream` call, reconnecting with backoff when
+/// the call ends. Whatever was queued while the peer was unreachable is dropped: raft resends.
 async fn peer_sender(
     from: u64,
     to: u64,
-    mut client: RaftServiceClient<Channel>,
+    client: RaftServiceClient<Channel>,
     mut rx: mpsc::Receiver<Message>,
     node: Arc<Mutex<Option<NodeHandle>>>,
 ) {
-    let mut reported = false;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        let messages = batch
-            .iter()
-            .filter_map(|m| m.write_to_bytes().ok())
-            .collect();
-        let req = Request::new(RaftBatch { from, messages });
-        match client.step(req).await {
-            Ok(_) => reported = false,
-            Err(e) => {
-                if !reported {
-                    tracing::warn!(peer = to, "peer unreachable: {}", e.message());
-                    reported = true;
-                }
-                if let Some(n) = node.lock().as_ref() {
-                    n.report_unreachable(to);
+    let mut backoff = Duration::from_millis(20);
+    let mut warned = false;
+    loop {
+        let (tx, stream_rx) = mpsc::channel::<RaftBatch>(64);
+        let mut c = client.clone();
+        let call = tokio::spawn(async move { c.step_stream(ReceiverStream::new(stream_rx)).await });
+        let mut sent_any = false;
+        loop {
+            let Some(first) = rx.recv().await else {
+                call.abort();
+                return;
+            };
+            let mut batch = vec![first];
+            let mut bytes = 0usize;
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        bytes += m.compute_size() as usize;
+                        batch.push(m);
+                    }
+                    Err(_) => break,
                 }
             }
+            let messages = batch
+                .iter()
+                .filter_map(|m| m.write_to_bytes().ok())
+                .collect();
+            if tx.send(RaftBatch { from, messages }).await.is_err() || call.is_finished() {
+                break;
+            }
+            sent_any = true;
+            if warned {
+                tracing::info!(peer = to, "peer reachable again");
+                warned = false;
+            }
+            backoff = Duration::from_millis(20);
         }
+        let reason = match call.await {
+            Ok(Err(status)) => status.message().to_owned(),
+            Ok(Ok(_)) => "the peer closed the stream".to_owned(),
+            Err(_) => "the stream task ended".to_owned(),
+        };
+        if !warned && !sent_any {
+            tracing::warn!(peer = to, "peer unreachable: {reason}");
+            warned = true;
+        }
+        if let Some(n) = node.lock().as_ref() {
+            n.report_unreachable(to);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+        while rx.try_recv().is_ok() {}
     }
 }
 
@@ -228,6 +259,19 @@ impl RaftService for RaftServer {
             let msg = Message::parse_from_bytes(&bytes)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
             self.node.step(msg);
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn step_stream(&self, request: Request<Streaming<RaftBatch>>) -> Unit {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            for bytes in batch.messages {
+                let msg = Message::parse_from_bytes(&bytes).map_err(|e| {
+                    Status::invalid_argument(format!("undecodable raft message: {e}"))
+                })?;
+                self.node.step(msg);
+            }
         }
         Ok(Response::new(Empty {}))
     }

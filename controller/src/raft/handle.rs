@@ -82,6 +82,11 @@ pub enum NodeMsg {
         to: u64,
         ok: bool,
     },
+    /// A local snapshot file finished writing (on its helper thread).
+    SnapshotWritten {
+        job: Box<super::storage::SnapshotJob>,
+        result: Result<(), String>,
+    },
     Stop,
 }
 

@@ -11,6 +11,7 @@
 //! Readers take the state's read lock after a `ReadIndex` barrier (or without one for stale
 //! reads); only this thread takes the write lock.
 use std::collections::{BTreeMap, HashMap};
+use std::error::Error as _;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -59,6 +60,9 @@ pub struct Node {
     initial_members: Vec<Member>,
     join: bool,
     incarnation: u64,
+    /// Our own inbox, for helper threads that report back (snapshot writer).
+    self_inbox: Inbox,
+    snapshot_writing: bool,
     next_seq: u64,
     proposals: HashMap<u64, PendingProposal>,
     reads: HashMap<u64, PendingRead>,
@@ -189,6 +193,8 @@ impl Node {
             initial_members: opts.initial_members,
             join: opts.join,
             incarnation: rand::random(),
+            self_inbox: handle.inbox.clone(),
+            snapshot_writing: false,
             next_seq: 1,
             proposals: HashMap::new(),
             reads: HashMap::new(),
@@ -286,6 +292,20 @@ impl Node {
                     SnapshotStatus::Failure
                 };
                 self.raw.report_snapshot(to, status);
+            }
+            NodeMsg::SnapshotWritten { job, result } => {
+                self.snapshot_writing = false;
+                match result {
+                    Ok(()) => {
+                        let index = job.index();
+                        let retention = self.tuning.log_retention;
+                        if let Err(e) = self.raw.mut_store().finish_snapshot(*job, retention) {
+                            fatal("recording a snapshot failed", &e);
+                        }
+                        tracing::debug!(index, "snapshot recorded, log compacted");
+                    }
+                    Err(e) => tracing::warn!("writing a snapshot failed, will retry: {e}"),
+                }
             }
             NodeMsg::Stop => {}
         }
@@ -651,8 +671,9 @@ impl Node {
             let _ = reply.send(Ok(()));
         }
         let since_snapshot = applied.saturating_sub(self.raw.store().snapshot_metadata().index);
-        if since_snapshot >= self.tuning.snapshot_interval
-            || (self.raw.store().snapshot_wanted() && since_snapshot > 0)
+        if !self.snapshot_writing
+            && (since_snapshot >= self.tuning.snapshot_interval
+                || (self.raw.store().snapshot_wanted() && since_snapshot > 0))
         {
             self.take_snapshot();
         }
@@ -689,19 +710,38 @@ impl Node {
         }
     }
 
+    /// Encodes the state here (it must be consistent with `applied`), then writes the file on a
+    /// helper thread so the log keeps moving; `SnapshotWritten` finishes the job.
     fn take_snapshot(&mut self) {
+        let started = Instant::now();
         let data = self.shared.state.read().encode();
         let size = data.len();
-        let applied = self.applied;
-        let retention = self.tuning.log_retention;
-        match self
-            .raw
-            .mut_store()
-            .create_snapshot(applied, data, retention)
-        {
-            Ok(()) => tracing::debug!(index = applied, bytes = size, "took a snapshot"),
-            Err(StorageError::SnapshotOutOfDate { .. }) => {}
-            Err(e) => fatal("saving a snapshot failed", &e),
+        let job = match self.raw.store().prepare_snapshot(self.applied, data) {
+            Ok(job) => Box::new(job),
+            Err(StorageError::SnapshotOutOfDate { .. }) => return,
+            Err(e) => fatal("preparing a snapshot failed", &e),
+        };
+        let encode_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(
+            index = job.index(),
+            bytes = size,
+            encode_ms,
+            "snapshot encoded"
+        );
+        self.snapshot_writing = true;
+        let inbox = self.self_inbox.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || {
+                let result = job.write().map_err(|e| match e.source() {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                });
+                let _ = inbox.send(NodeMsg::SnapshotWritten { job, result });
+            });
+        if let Err(e) = spawned {
+            self.snapshot_writing = false;
+            tracing::warn!("cannot start the snapshot writer: {e}");
         }
     }
 

@@ -6,10 +6,13 @@
 //! Ready cycle), which the node calls before sending persisted messages or acknowledging writes.
 //!
 //! Layout: tree `log` maps big-endian index → encoded `Entry`; tree `meta` holds `hard_state`,
-//! `conf_state`, `snapshot` (encoded `Snapshot`, metadata + state data) and `truncated`
-//! (index and term of the last entry removed by compaction).
+//! `conf_state`, `snapshot` (the snapshot's metadata) and `truncated` (index and term of the
+//! last entry removed by compaction). Snapshot data — the encoded state machine, possibly large —
+//! lives in `snapshots/snap-<index>.bin` beside the sled files, written and fsynced before its
+//! metadata is recorded, so the node can write it on another thread without stalling the log.
 use std::collections::VecDeque;
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
@@ -31,11 +34,50 @@ pub enum StorageError {
         #[source]
         source: protobuf::ProtobufError,
     },
+    #[error("snapshot file {path} cannot be read or written")]
+    SnapshotFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("snapshot at index {index} is older than the log's first index {first}")]
     SnapshotOutOfDate { index: u64, first: u64 },
 }
 
+/// A snapshot of the local state machine on its way to disk (see [`SnapshotJob::write`]).
+pub struct SnapshotJob {
+    snap: Snapshot,
+    path: PathBuf,
+}
+
+impl SnapshotJob {
+    pub fn index(&self) -> u64 {
+        self.snap.get_metadata().index
+    }
+
+    /// Writes the data file durably (temp file, fsync, rename, fsync of the directory). Safe to
+    /// run on any thread; nothing refers to the file until `finish_snapshot`.
+    pub fn write(&self) -> Result<(), StorageError> {
+        let err = |source| StorageError::SnapshotFile {
+            path: self.path.clone(),
+            source,
+        };
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(self.snap.get_data()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct SledStorage {
+    snapshot_dir: PathBuf,
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
@@ -47,6 +89,17 @@ pub struct SledStorage {
     entries: VecDeque<Entry>,
     /// Set when a peer needed a snapshot newer than the stored one; the node then makes one.
     snapshot_wanted: AtomicBool,
+}
+
+fn snapshot_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("snap-{index:020}.bin"))
+}
+
+/// The snapshot without its data, as stored in sled.
+fn metadata_only(snap: &Snapshot) -> Snapshot {
+    let mut m = Snapshot::default();
+    m.set_metadata(snap.get_metadata().clone());
+    m
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -83,10 +136,22 @@ impl SledStorage {
             Some(b) => decode("conf state", &b)?,
             None => ConfState::default(),
         };
-        let snapshot = match get("snapshot")? {
+        let snapshot_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir).map_err(|source| StorageError::SnapshotFile {
+            path: snapshot_dir.clone(),
+            source,
+        })?;
+        let mut snapshot: Snapshot = match get("snapshot")? {
             Some(b) => decode("snapshot", &b)?,
             None => Snapshot::default(),
         };
+        let index = snapshot.get_metadata().index;
+        if index > 0 && snapshot.get_data().is_empty() {
+            let path = snapshot_path(&snapshot_dir, index);
+            let data = std::fs::read(&path)
+                .map_err(|source| StorageError::SnapshotFile { path, source })?;
+            snapshot.set_data(data.into());
+        }
         let (truncated_index, truncated_term) = match get("truncated")? {
             Some(b) if b.len() == 16 => (
                 u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
@@ -101,6 +166,7 @@ impl SledStorage {
             entries.push_back(e);
         }
         Ok(SledStorage {
+            snapshot_dir,
             db,
             log,
             meta,
@@ -209,6 +275,12 @@ impl SledStorage {
                 first: self.first(),
             });
         }
+        let job = SnapshotJob {
+            path: snapshot_path(&self.snapshot_dir, meta.index),
+            snap: snap.clone(),
+        };
+        job.write()?;
+        let meta = snap.get_metadata();
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
@@ -221,19 +293,19 @@ impl SledStorage {
         self.log.apply_batch(batch)?;
         self.entries.clear();
         self.set_truncated(meta.index, meta.term)?;
-        self.meta.insert("snapshot", encode(&snap))?;
+        self.meta
+            .insert("snapshot", encode(&metadata_only(&snap)))?;
+        let index = meta.index;
         self.snapshot = snap;
-        self.persist()
+        self.persist()?;
+        self.remove_snapshot_files_before(index);
+        Ok(())
     }
 
-    /// Stores a snapshot of the local state machine taken at `index` and compacts the log,
-    /// keeping `retention` entries behind it for peers that are only slightly behind.
-    pub fn create_snapshot(
-        &mut self,
-        index: u64,
-        data: Vec<u8>,
-        retention: u64,
-    ) -> Result<(), StorageError> {
+    /// Starts a snapshot of the local state machine at `index` (the applied index; `data` is the
+    /// encoded state). The returned job's file is written by [`SnapshotJob::write`], then
+    /// [`SledStorage::finish_snapshot`] records it and compacts the log.
+    pub fn prepare_snapshot(&self, index: u64, data: Vec<u8>) -> Result<SnapshotJob, StorageError> {
         let term = self
             .term(index)
             .map_err(|_| StorageError::SnapshotOutOfDate {
@@ -246,14 +318,66 @@ impl SledStorage {
         m.index = index;
         m.term = term;
         m.set_conf_state(self.conf_state.clone());
-        self.meta.insert("snapshot", encode(&snap))?;
-        self.snapshot = snap;
+        Ok(SnapshotJob {
+            path: snapshot_path(&self.snapshot_dir, index),
+            snap,
+        })
+    }
+
+    /// Records a written snapshot and compacts the log, keeping `retention` entries behind it
+    /// for peers that are only slightly behind. A job overtaken by a newer snapshot (one
+    /// installed from the leader meanwhile) is discarded.
+    pub fn finish_snapshot(
+        &mut self,
+        job: SnapshotJob,
+        retention: u64,
+    ) -> Result<(), StorageError> {
+        let index = job.index();
+        if index < self.snapshot.get_metadata().index {
+            let _ = std::fs::remove_file(&job.path);
+            return Ok(());
+        }
+        self.meta
+            .insert("snapshot", encode(&metadata_only(&job.snap)))?;
+        self.snapshot = job.snap;
         self.snapshot_wanted.store(false, Ordering::Relaxed);
         let compact_to = index.saturating_sub(retention);
         if compact_to > self.truncated_index {
             self.compact(compact_to)?;
         }
-        self.persist()
+        self.persist()?;
+        self.remove_snapshot_files_before(index);
+        Ok(())
+    }
+
+    /// Prepares, writes and records a snapshot in one go (tests and small states).
+    pub fn create_snapshot(
+        &mut self,
+        index: u64,
+        data: Vec<u8>,
+        retention: u64,
+    ) -> Result<(), StorageError> {
+        let job = self.prepare_snapshot(index, data)?;
+        job.write()?;
+        self.finish_snapshot(job, retention)
+    }
+
+    fn remove_snapshot_files_before(&self, index: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.snapshot_dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let old = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("snap-"))
+                .and_then(|n| n.split('.').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|i| i < index);
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     fn compact(&mut self, to: u64) -> Result<(), StorageError> {
