@@ -31,7 +31,17 @@ pub const DEDUP_WINDOW_MS: i64 = 15 * 60 * 1000;
 struct Remembered {
     kind: String,
     time_ms: i64,
-    outcome: Outcome,
+    outcome: RememberedOutcome,
+}
+
+/// What a retry gets back. Resources are remembered by reference (a retry sees the resource as
+/// it is now, as etcd and Kubernetes answer) so the dedup table stays small; everything else is
+/// kept whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum RememberedOutcome {
+    Project(String),
+    Flavor(String),
+    Other(Outcome),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -81,7 +91,7 @@ impl State {
                         previous: seen.kind.clone(),
                     });
                 }
-                return seen.outcome.clone();
+                return self.recall(&seen.outcome);
             }
         }
         let revision = self.revision + 1;
@@ -155,13 +165,38 @@ impl State {
         });
     }
 
+    fn recall(&self, remembered: &RememberedOutcome) -> Outcome {
+        let gone = |kind: &str, id: &str| {
+            Outcome::Rejected(Rejection::FailedPrecondition(format!(
+                "this request already succeeded, but {kind} {id} was deleted since"
+            )))
+        };
+        match remembered {
+            RememberedOutcome::Project(id) => self
+                .projects
+                .get(id)
+                .map(|p| Outcome::Project(p.clone()))
+                .unwrap_or_else(|| gone("project", id)),
+            RememberedOutcome::Flavor(id) => self
+                .flavors
+                .get(id)
+                .map(|f| Outcome::Flavor(f.clone()))
+                .unwrap_or_else(|| gone("flavor", id)),
+            RememberedOutcome::Other(o) => o.clone(),
+        }
+    }
+
     fn remember(&mut self, env: &Envelope, outcome: &Outcome) {
         self.requests.insert(
             env.request_id.clone(),
             Remembered {
                 kind: env.command.kind().to_owned(),
                 time_ms: env.time_ms,
-                outcome: outcome.clone(),
+                outcome: match outcome {
+                    Outcome::Project(p) => RememberedOutcome::Project(p.id.clone()),
+                    Outcome::Flavor(f) => RememberedOutcome::Flavor(f.id.clone()),
+                    other => RememberedOutcome::Other(other.clone()),
+                },
             },
         );
         self.request_order

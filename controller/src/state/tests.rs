@@ -348,3 +348,45 @@ fn removed_member_ids_are_remembered_so_they_are_never_reused() {
     let restored = State::decode(&s.encode()).unwrap();
     assert!(restored.was_removed(3), "survives snapshots");
 }
+
+#[test]
+fn a_retry_sees_the_resource_as_it_is_now_or_learns_it_was_deleted() {
+    let mut s = State::new();
+    s.apply(1, &env("create", 1, create_project("p1", "alpha")));
+    s.apply(
+        2,
+        &env(
+            "",
+            2,
+            Command::UpdateProject {
+                project: "p1".into(),
+                name: Some("beta".into()),
+                description: None,
+                enabled: None,
+                set_properties: BTreeMap::new(),
+                unset_properties: vec![],
+            },
+        ),
+    );
+    let retry = s.apply(3, &env("create", 3, create_project("p9", "alpha")));
+    let Outcome::Project(p) = retry else {
+        panic!("{retry:?}")
+    };
+    assert_eq!((p.id.as_str(), p.name.as_str()), ("p1", "beta"));
+    s.apply(
+        4,
+        &env(
+            "",
+            4,
+            Command::DeleteProject {
+                project: "p1".into(),
+            },
+        ),
+    );
+    let retry = s.apply(5, &env("create", 5, create_project("p9", "alpha")));
+    assert!(
+        matches!(retry, Outcome::Rejected(Rejection::FailedPrecondition(_))),
+        "{retry:?}"
+    );
+    assert_eq!(s.project_count(), 0, "the retry created nothing");
+}
