@@ -77,7 +77,7 @@ impl Default for RaftTuning {
             tick_ms: 50,
             election_ticks: 10,
             heartbeat_ticks: 2,
-            snapshot_interval: 20_000,
+            snapshot_interval: 100_000,
             log_retention: 5_000,
             max_message_bytes: 1 << 20,
             max_inflight_messages: 256,
@@ -110,11 +110,20 @@ pub struct ControllerConfig {
     /// File holding the bootstrap admin token (first line), instead of `bootstrap_admin_token`.
     #[serde(default)]
     pub bootstrap_admin_token_file: Option<PathBuf>,
+    /// File holding the password (first line) of the `admin` user that the first leader of a
+    /// new cluster creates. Optional; the environment variable
+    /// `FLOTILLA_BOOTSTRAP_ADMIN_PASSWORD` is used when this is unset. Without either, no
+    /// `admin` user is created (the bootstrap admin token still works).
+    #[serde(default)]
+    pub bootstrap_admin_password_file: Option<PathBuf>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub raft: RaftTuning,
 }
+
+/// Environment variable with the bootstrap `admin` user's password.
+pub const ADMIN_PASSWORD_ENV: &str = "FLOTILLA_BOOTSTRAP_ADMIN_PASSWORD";
 
 /// A configuration that passed [`ControllerConfig::validate`].
 #[derive(Debug, Clone)]
@@ -127,6 +136,8 @@ pub struct ValidConfig {
     pub initial_members: Vec<MemberConfig>,
     pub join: bool,
     pub admin_token: String,
+    /// Password of the `admin` user created on a new cluster, when configured.
+    pub admin_password: Option<String>,
     pub tls: Option<TlsConfig>,
     pub raft: RaftTuning,
 }
@@ -205,6 +216,28 @@ impl ControllerConfig {
         if admin_token.len() < 16 {
             return bad("the bootstrap admin token must be at least 16 characters".into());
         }
+        let admin_password = match &self.bootstrap_admin_password_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read {
+                        path: p.clone(),
+                        source,
+                    })?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+            None => std::env::var(ADMIN_PASSWORD_ENV).ok(),
+        };
+        if let Some(pw) = &admin_password {
+            if pw.chars().count() < 8 {
+                return bad(format!(
+                    "the bootstrap admin password (bootstrap_admin_password_file or \
+                     {ADMIN_PASSWORD_ENV}) must be at least 8 characters"
+                ));
+            }
+        }
         if let Some(tls) = &self.tls {
             for (what, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
                 if !p.is_file() {
@@ -224,8 +257,42 @@ impl ControllerConfig {
             initial_members: self.initial_members,
             join: self.join,
             admin_token,
+            admin_password,
             tls: self.tls,
             raft: self.raft,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> ControllerConfig {
+        toml::from_str(&format!(
+            "id = 1\nname = \"c1\"\ndata_dir = \"/tmp/x\"\nclient_listen = \"127.0.0.1:1\"\n\
+             peer_listen = \"127.0.0.1:2\"\nbootstrap_admin_token = \"0123456789abcdef\"\n{extra}\n\
+             [[initial_members]]\nid = 1\nname = \"c1\"\nclient_address = \"a:1\"\n\
+             peer_address = \"a:2\"\n"
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn the_admin_password_is_optional_and_read_from_its_file() {
+        let plain = config("").validate().expect("valid without a password");
+        assert_eq!(plain.admin_token, "0123456789abcdef");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "long-enough-pw\nrest\n").unwrap();
+        let line = format!(
+            "bootstrap_admin_password_file = {:?}",
+            file.display().to_string()
+        );
+        let with = config(&line).validate().expect("valid");
+        assert_eq!(with.admin_password.as_deref(), Some("long-enough-pw"));
+        std::fs::write(&file, "short\n").unwrap();
+        let err = config(&line).validate().unwrap_err();
+        assert!(err.to_string().contains("at least 8 characters"), "{err}");
     }
 }

@@ -677,6 +677,9 @@ impl Node {
         {
             self.take_snapshot();
         }
+        if let Err(e) = self.raw.mut_store().sweep_compacted(2048) {
+            tracing::warn!("removing compacted log entries failed (will retry): {e}");
+        }
         let store = self.raw.store();
         *self.shared.status.lock() = NodeStatus {
             id: self.id,

@@ -87,6 +87,8 @@ pub struct SledStorage {
     truncated_index: u64,
     truncated_term: u64,
     entries: VecDeque<Entry>,
+    /// Compacted log keys may remain on disk (see `sweep_compacted`).
+    sweep_pending: bool,
     /// Set when a peer needed a snapshot newer than the stored one; the node then makes one.
     snapshot_wanted: AtomicBool,
 }
@@ -176,6 +178,8 @@ impl SledStorage {
             truncated_index,
             truncated_term,
             entries,
+            // Sweep once after every start: a crash may have left compacted keys behind.
+            sweep_pending: true,
             snapshot_wanted: AtomicBool::new(false),
         })
     }
@@ -385,14 +389,34 @@ impl SledStorage {
             index: to,
             first: self.first(),
         })?;
-        let mut batch = sled::Batch::default();
-        for i in self.first()..=to {
-            batch.remove(&key(i));
-        }
-        self.log.apply_batch(batch)?;
         let drop = (to - self.truncated_index) as usize;
         self.entries.drain(..drop.min(self.entries.len()));
-        self.set_truncated(to, term)
+        self.set_truncated(to, term)?;
+        self.sweep_pending = true;
+        Ok(())
+    }
+
+    /// Deletes at most `limit` compacted log keys (those below the first index); returns
+    /// whether some remain. The node calls this once per cycle: a compaction after a large
+    /// snapshot interval leaves tens of thousands of keys, too many to delete in one go without
+    /// stalling the log. Nothing reads those keys any more, so leftovers are harmless.
+    pub fn sweep_compacted(&mut self, limit: usize) -> Result<bool, StorageError> {
+        if !self.sweep_pending {
+            return Ok(false);
+        }
+        let keys: Vec<sled::IVec> = self
+            .log
+            .range(..key(self.first()))
+            .keys()
+            .take(limit)
+            .collect::<Result<_, _>>()?;
+        let mut batch = sled::Batch::default();
+        for k in &keys {
+            batch.remove(k.clone());
+        }
+        self.log.apply_batch(batch)?;
+        self.sweep_pending = keys.len() == limit;
+        Ok(self.sweep_pending)
     }
 
     fn set_truncated(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
@@ -555,6 +579,14 @@ mod tests {
             .unwrap();
         s.create_snapshot(90, b"state".to_vec(), 10).unwrap();
         assert_eq!(s.first(), 81);
+        // Compacted keys leave the disk a bounded number per call.
+        assert!(
+            s.sweep_compacted(50).unwrap(),
+            "80 keys: more than one sweep of 50"
+        );
+        assert!(!s.sweep_compacted(50).unwrap());
+        assert_eq!(s.log.range(..key(81)).count(), 0);
+        assert_eq!(s.log.range(key(81)..).count(), 20);
         assert_eq!(
             s.term(80).unwrap(),
             2,
