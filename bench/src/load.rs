@@ -53,6 +53,22 @@ pub struct Api {
 
 pub struct Failure {
     pub leader_hint: Option<usize>,
+    /// gRPC code and message (for the error tally).
+    pub what: String,
+    /// False for answers a retry cannot change (the write is abandoned).
+    pub retryable: bool,
+}
+
+fn retryable(code: tonic::Code) -> bool {
+    !matches!(
+        code,
+        tonic::Code::AlreadyExists
+            | tonic::Code::InvalidArgument
+            | tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::Unimplemented
+    )
 }
 
 impl Api {
@@ -137,9 +153,17 @@ impl Api {
                             .get(flotilla_proto::LEADER_METADATA_KEY)
                             .and_then(|v| v.to_str().ok())
                             .and_then(|a| self.addrs.iter().position(|x| x == a));
-                        Err(Failure { leader_hint: hint })
+                        Err(Failure {
+                            leader_hint: hint,
+                            what: format!("{:?}: {}", status.code(), status.message()),
+                            retryable: retryable(status.code()),
+                        })
                     }
-                    Err(_) => Err(Failure { leader_hint: None }),
+                    Err(_) => Err(Failure {
+                        leader_hint: None,
+                        what: "client deadline".into(),
+                        retryable: true,
+                    }),
                 }
             }
             Stubs::Etcd { clients } => {
@@ -152,7 +176,16 @@ impl Api {
                 req.set_timeout(timeout);
                 match tokio::time::timeout(timeout, c.put(req)).await {
                     Ok(Ok(_)) => Ok(()),
-                    _ => Err(Failure { leader_hint: None }),
+                    Ok(Err(status)) => Err(Failure {
+                        leader_hint: None,
+                        what: format!("{:?}: {}", status.code(), status.message()),
+                        retryable: retryable(status.code()),
+                    }),
+                    Err(_) => Err(Failure {
+                        leader_hint: None,
+                        what: "client deadline".into(),
+                        retryable: true,
+                    }),
                 }
             }
         }
@@ -176,6 +209,8 @@ pub struct ClientLog {
     pub errors: Vec<Instant>,
     /// Writes abandoned after `max_attempts` failures.
     pub abandoned: u64,
+    /// Failed attempts by kind (first 120 characters of code and message).
+    pub kinds: std::collections::BTreeMap<String, u64>,
 }
 
 pub struct LoadSpec {
@@ -237,6 +272,11 @@ pub async fn run(api: &Api, spec: &LoadSpec) -> Vec<ClientLog> {
                         }
                         Err(f) => {
                             log.errors.push(Instant::now());
+                            let what: String = f.what.chars().take(120).collect();
+                            *log.kinds.entry(what).or_default() += 1;
+                            if !f.retryable {
+                                break;
+                            }
                             member = f.leader_hint.unwrap_or((member + 1) % members);
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
@@ -254,4 +294,17 @@ pub async fn run(api: &Api, spec: &LoadSpec) -> Vec<ClientLog> {
         logs.push(t.await.unwrap_or_default());
     }
     logs
+}
+
+/// Failed attempts of all clients by kind, most frequent first.
+pub fn error_kinds(logs: &[ClientLog]) -> Vec<(String, u64)> {
+    let mut all: std::collections::BTreeMap<String, u64> = Default::default();
+    for l in logs {
+        for (k, n) in &l.kinds {
+            *all.entry(k.clone()).or_default() += n;
+        }
+    }
+    let mut v: Vec<(String, u64)> = all.into_iter().collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v
 }

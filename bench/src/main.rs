@@ -292,7 +292,7 @@ async fn writes(a: WritesArgs) -> Result<()> {
     let clusters_pids: Vec<u32> = clusters.iter().flat_map(|c| c.pids()).collect();
     let mut results: Vec<LevelResult> = Vec::new();
     for round in 1..=a.rounds {
-        for &clients in &a.clients {
+        for (level, &clients) in a.clients.iter().enumerate() {
             if clients == 0 {
                 bail!("--clients values must be positive");
             }
@@ -319,7 +319,7 @@ async fn writes(a: WritesArgs) -> Result<()> {
                     request_timeout: Duration::from_millis(a.request_timeout_ms),
                     max_attempts: 100,
                     value: value.clone(),
-                    tag: format!("r{round}c{clients}"),
+                    tag: format!("r{round}l{level}c{clients}"),
                 };
                 let pids = c.pids();
                 let monitor = tokio::spawn(async move {
@@ -333,6 +333,7 @@ async fn writes(a: WritesArgs) -> Result<()> {
                 let usage = monitor.await.unwrap_or_default();
                 let r =
                     summarize_level(c.kind, round, clients, &logs, measure_from, stop_at, usage)?;
+                report_errors(c.kind, &logs);
                 if !common.json {
                     eprintln!(
                         "{:>8} clients={:<4} {:>9.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
@@ -406,6 +407,13 @@ async fn writes(a: WritesArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Failed attempts by kind on stderr (the tables only count them).
+fn report_errors(kind: Kind, logs: &[ClientLog]) {
+    for (what, n) in load::error_kinds(logs).into_iter().take(5) {
+        eprintln!("  {} failed attempts: {n} x {what}", kind.name());
+    }
 }
 
 fn summarize_level(
@@ -515,6 +523,7 @@ async fn leader_kill(a: KillArgs) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let logs = load.await?;
+            report_errors(kind, &logs);
             let r = summarize_kill(kind, round, killed, new_leader, &logs, t0, t_kill, stop_at);
             if !common.json {
                 eprintln!(

@@ -7,7 +7,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
-    cluster::ClusterCmd, event::EventCmd, flavor::FlavorCmd, project::ProjectCmd,
+    auth::{LoginArgs, RoleCmd, TokenCmd},
+    cluster::ClusterCmd,
+    event::EventCmd,
+    flavor::FlavorCmd,
+    project::ProjectCmd,
+    user::UserCmd,
 };
 
 /// Operate a Flotilla cluster.
@@ -96,6 +101,20 @@ pub enum Command {
     /// The stream of committed changes.
     #[command(subcommand)]
     Event(EventCmd),
+    /// Log in with a password and print a token (use it as --token or FLOTILLA_TOKEN, or
+    /// --save it into the config file).
+    Login(LoginArgs),
+    /// Show who the current token belongs to.
+    Whoami,
+    /// Tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Role assignments: `admin` (cluster-wide), `member` and `reader` (per project).
+    #[command(subcommand)]
+    Role(RoleCmd),
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {

@@ -136,6 +136,22 @@ impl Connection {
         })
     }
 
+    /// The same endpoints and TLS settings without the bearer token: `login` must work while
+    /// the configured token is expired or revoked.
+    pub fn without_token(&self) -> Connection {
+        Connection {
+            endpoints: self.endpoints.clone(),
+            tls: self.tls.clone(),
+            auth: None,
+            timeout: self.timeout,
+            state: Mutex::new(State {
+                cursor: 0,
+                preferred: None,
+                channels: HashMap::new(),
+            }),
+        }
+    }
+
     /// The overall deadline of one call, retries included.
     pub fn timeout(&self) -> Duration {
         self.timeout

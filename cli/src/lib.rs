@@ -71,6 +71,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         conn: Connection::new(&settings)?,
         format: cli.global.format,
         stale: cli.global.stale,
+        config_path: cli.global.config.clone().or(default_path),
     };
     commands::run(cli.command, &ctx, &mut Io { out, err }).await
 }

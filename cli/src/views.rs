@@ -447,3 +447,160 @@ mod tests {
         assert_eq!(action_name(1), "EVENT_ACTION_CREATED");
     }
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserView {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub enabled: bool,
+    pub default_project_id: String,
+    pub meta: Option<MetaView>,
+}
+
+impl From<v1::User> for UserView {
+    fn from(u: v1::User) -> Self {
+        UserView {
+            id: u.id,
+            name: u.name,
+            email: u.email,
+            enabled: u.enabled,
+            default_project_id: u.default_project_id,
+            meta: u.meta.map(Into::into),
+        }
+    }
+}
+
+impl Tabular for UserView {
+    fn columns() -> &'static [&'static str] {
+        &["ID", "NAME", "EMAIL", "ENABLED", "DEFAULT_PROJECT_ID"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.name.clone(),
+            self.email.clone(),
+            yes_no(self.enabled),
+            self.default_project_id.clone(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = vec![
+            ("id", self.id.clone()),
+            ("name", self.name.clone()),
+            ("email", self.email.clone()),
+            ("enabled", yes_no(self.enabled)),
+            ("default_project_id", self.default_project_id.clone()),
+        ];
+        f.extend(meta_fields(&self.meta));
+        f
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleAssignmentView {
+    pub user_id: String,
+    pub project_id: String,
+    pub role: String,
+}
+
+impl From<v1::RoleAssignment> for RoleAssignmentView {
+    fn from(a: v1::RoleAssignment) -> Self {
+        RoleAssignmentView {
+            user_id: a.user_id,
+            project_id: a.project_id,
+            role: a.role,
+        }
+    }
+}
+
+impl Tabular for RoleAssignmentView {
+    fn columns() -> &'static [&'static str] {
+        &["USER_ID", "PROJECT_ID", "ROLE"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.user_id.clone(),
+            self.project_id.clone(),
+            self.role.clone(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("user_id", self.user_id.clone()),
+            ("project_id", self.project_id.clone()),
+            ("role", self.role.clone()),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenView {
+    pub token: String,
+    pub token_id: String,
+    pub user_id: String,
+    pub project_id: String,
+    pub expires_at_ms: i64,
+    pub roles: Vec<String>,
+}
+
+impl From<v1::Token> for TokenView {
+    fn from(t: v1::Token) -> Self {
+        TokenView {
+            token: t.token,
+            token_id: t.token_id,
+            user_id: t.user_id,
+            project_id: t.project_id,
+            expires_at_ms: t.expires_at_ms,
+            roles: t.roles,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityView {
+    pub user_id: String,
+    pub user_name: String,
+    pub project_id: String,
+    pub roles: Vec<String>,
+    pub expires_at_ms: i64,
+}
+
+impl From<v1::Identity> for IdentityView {
+    fn from(i: v1::Identity) -> Self {
+        IdentityView {
+            user_id: i.user_id,
+            user_name: i.user_name,
+            project_id: i.project_id,
+            roles: i.roles,
+            expires_at_ms: i.expires_at_ms,
+        }
+    }
+}
+
+impl Tabular for IdentityView {
+    fn columns() -> &'static [&'static str] {
+        &["USER_ID", "USER_NAME", "PROJECT_ID", "ROLES", "EXPIRES_AT"]
+    }
+    fn row(&self) -> Vec<String> {
+        let expires = if self.expires_at_ms == 0 {
+            "never".to_string()
+        } else {
+            format_time_ms(self.expires_at_ms)
+        };
+        vec![
+            self.user_id.clone(),
+            self.user_name.clone(),
+            self.project_id.clone(),
+            self.roles.join(","),
+            expires,
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        self.row()
+            .into_iter()
+            .zip(["user_id", "user_name", "project_id", "roles", "expires_at"])
+            .map(|(v, k)| (k, v))
+            .collect()
+    }
+}

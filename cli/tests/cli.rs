@@ -178,3 +178,49 @@ async fn an_explicit_config_file_must_exist() {
         stderr(&o)
     );
 }
+
+#[tokio::test]
+async fn login_prints_the_token_and_save_writes_a_private_config_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let server = FakeServer::start(Mode::Answer).await;
+    let pw = home.path().join("pw");
+    std::fs::write(&pw, "s3cret-pass\nignored second line\n").unwrap();
+    let config = home.path().join("cfg").join("flotilla.toml");
+    let endpoint = server.endpoint();
+    let args = [
+        "--endpoints",
+        endpoint.as_str(),
+        "--config",
+        config.to_str().unwrap(),
+        "login",
+        "--user",
+        "alice",
+        "--project",
+        "web",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ];
+    // An explicit config file must exist to be read, so save into it only after it exists.
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "").unwrap();
+    let mut with_save = args.to_vec();
+    with_save.push("--save");
+    let o = flotilla(home.path(), &[], &with_save).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "flt1.alice.sig\n");
+    let saved = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(saved.trim(), "token = \"flt1.alice.sig\"");
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let mut json = args.to_vec();
+    json.extend(["-f", "json"]);
+    let o = flotilla(home.path(), &[], &json).await;
+    let token: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(token["token_id"], "tid-1");
+    assert_eq!(token["project_id"], "web");
+
+    let o = flotilla(home.path(), &[], &["login", "--user", "alice"]).await;
+    assert_eq!(o.status.code(), Some(2), "a password source is required");
+}

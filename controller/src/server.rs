@@ -105,11 +105,13 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     let (node, thread) = Node::start(opts, transport.clone(), inbox_tx, inbox)?;
     transport.attach(node.clone());
 
-    let api = Api {
-        node: node.clone(),
-        peers: Arc::new(GrpcPeers { tls: client_tls }),
-    };
-    let auth = Authenticator::new(&config.admin_token);
+    let api = Api::new(node.clone(), Arc::new(GrpcPeers { tls: client_tls }));
+    if let Some(password) = config.admin_password.clone() {
+        if !config.join {
+            tokio::spawn(api::bootstrap_admin_when_leader(api.clone(), password));
+        }
+    }
+    let auth = Authenticator::new(&config.admin_token, node.clone());
     let intercept = move |req| auth.intercept(req);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();

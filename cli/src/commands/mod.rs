@@ -1,9 +1,11 @@
 //! Command handlers, one module per command group, plus helpers they share.
 
+pub mod auth;
 pub mod cluster;
 pub mod event;
 pub mod flavor;
 pub mod project;
+pub mod user;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -19,6 +21,8 @@ pub struct Ctx {
     pub format: Format,
     /// Set `stale` on reads.
     pub stale: bool,
+    /// The CLI config file (explicit or default), where `login --save` writes the token.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// Where handlers write: results to `out`, per-item errors of multi-item commands to `err`.
@@ -41,6 +45,11 @@ pub async fn run(command: Command, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), Cli
         Command::Flavor(cmd) => flavor::run(cmd, ctx, io).await,
         Command::Cluster(cmd) => cluster::run(cmd, ctx, io).await,
         Command::Event(cmd) => event::run(cmd, ctx, io).await,
+        Command::Login(a) => auth::login(a, ctx, io).await,
+        Command::Whoami => auth::whoami(ctx, io).await,
+        Command::Token(cmd) => auth::token(cmd, ctx, io).await,
+        Command::User(cmd) => user::run(cmd, ctx, io).await,
+        Command::Role(cmd) => auth::role(cmd, ctx, io).await,
     }
 }
 

@@ -159,6 +159,25 @@ impl IdentityService for FakeIdentity {
         })
     }
 
+    async fn login(
+        &self,
+        request: Request<v1::LoginRequest>,
+    ) -> Result<Response<v1::Token>, Status> {
+        self.rec.record("login", &request, "", 0);
+        let r = request.into_inner();
+        if r.password != "s3cret-pass" {
+            return Err(Status::unauthenticated("invalid user name or password"));
+        }
+        self.answer(v1::Token {
+            token: format!("flt1.{}.sig", r.user),
+            token_id: "tid-1".into(),
+            user_id: format!("id-{}", r.user),
+            project_id: r.project,
+            expires_at_ms: 1_700_000_000_000,
+            roles: vec!["member".into()],
+        })
+    }
+
     async fn delete_project(
         &self,
         request: Request<v1::DeleteProjectRequest>,

@@ -5,7 +5,8 @@ use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::cluster_service_server::ClusterService;
 use tonic::{Request, Response, Status};
 
-use super::{auth::principal, convert, error, Api};
+use super::authz::Action;
+use super::{allow, auth::principal, convert, error, Api};
 use crate::raft::{MemberChange, NodeHandle, Role};
 use crate::state::{Member, Outcome};
 
@@ -62,8 +63,9 @@ fn members_response(api: &Api) -> pb::ListMembersResponse {
 impl ClusterService for ClusterApi {
     async fn get_cluster_status(
         &self,
-        _req: Request<pb::GetClusterStatusRequest>,
+        req: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        allow(&principal(&req)?, Action::ClusterAdmin, None)?;
         let me = self.0.node.id();
         let members: Vec<Member> = self.0.node.state().members().cloned().collect();
         let mut statuses = Vec::with_capacity(members.len());
@@ -92,8 +94,9 @@ impl ClusterService for ClusterApi {
 
     async fn get_member_status(
         &self,
-        _req: Request<pb::GetMemberStatusRequest>,
+        req: Request<pb::GetMemberStatusRequest>,
     ) -> Result<Response<pb::MemberStatus>, Status> {
+        allow(&principal(&req)?, Action::ClusterAdmin, None)?;
         Ok(Response::new(member_status(&self.0.node)))
     }
 
@@ -101,6 +104,7 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        allow(&principal(&req)?, Action::ClusterAdmin, None)?;
         drop(self.0.read(req.into_inner().stale).await?);
         Ok(Response::new(members_response(&self.0)))
     }
@@ -109,7 +113,7 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        principal(&req)?;
+        allow(&principal(&req)?, Action::ClusterAdmin, None)?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument(
@@ -153,7 +157,7 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        principal(&req)?;
+        allow(&principal(&req)?, Action::ClusterAdmin, None)?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument(
@@ -174,7 +178,7 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::MemberStatus>, Status> {
-        principal(&req)?;
+        allow(&principal(&req)?, Action::ClusterAdmin, None)?;
         let target = req.into_inner().target_id;
         self.0
             .node

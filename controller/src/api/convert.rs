@@ -1,7 +1,7 @@
 //! Domain ↔ proto conversion.
 use flotilla_proto::v1 as pb;
 
-use crate::state::{Event, EventAction, Flavor, Member, Meta, Project};
+use crate::state::{Event, EventAction, Flavor, Member, Meta, Project, RoleAssignment, User};
 
 pub fn meta(m: &Meta) -> pb::ResourceMeta {
     pb::ResourceMeta {
@@ -66,5 +66,25 @@ pub fn event(e: &Event) -> pb::Event {
         project_id: e.project_id.clone(),
         actor: e.actor.clone(),
         request_id: e.request_id.clone(),
+    }
+}
+
+/// Never includes the password hash.
+pub fn user(u: &User) -> pb::User {
+    pb::User {
+        id: u.id.clone(),
+        name: u.name.clone(),
+        email: u.email.clone(),
+        enabled: u.enabled,
+        default_project_id: u.default_project_id.clone(),
+        meta: Some(meta(&u.meta)),
+    }
+}
+
+pub fn role_assignment(a: &RoleAssignment) -> pb::RoleAssignment {
+    pb::RoleAssignment {
+        user_id: a.user_id.clone(),
+        project_id: a.project_id.clone(),
+        role: a.role.as_str().to_owned(),
     }
 }

@@ -2,6 +2,8 @@
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
+use super::authz::Denied;
+use super::token::TokenError;
 use crate::raft::{NodeError, NodeHandle};
 use crate::state::Rejection;
 
@@ -13,6 +15,22 @@ pub fn rejection(r: Rejection) -> Status {
         Rejection::Invalid(_) | Rejection::RequestIdReused { .. } => Status::invalid_argument(msg),
         Rejection::FailedPrecondition(_) => Status::failed_precondition(msg),
     }
+}
+
+pub fn denied(d: Denied) -> Status {
+    Status::permission_denied(d.to_string())
+}
+
+pub fn token(e: TokenError) -> Status {
+    Status::unauthenticated(e.to_string())
+}
+
+/// A user name that failed to log in too often on this controller.
+pub fn throttled(user: &str, retry_after: std::time::Duration) -> Status {
+    Status::resource_exhausted(format!(
+        "too many failed logins for user {user:?}; retry in {} s",
+        retry_after.as_secs().max(1)
+    ))
 }
 
 /// Node errors are all "try again" except refused membership changes. UNAVAILABLE answers carry

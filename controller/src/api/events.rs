@@ -10,9 +10,19 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{convert, Api};
+use super::authz::{Action, Principal};
+use super::{allow, auth::principal, convert, Api};
+use crate::state::Event;
 
 pub struct EventApi(pub Api);
+
+/// Admins see every event; others see the events of projects where they hold a role (as of
+/// the start of the watch) and flavor events.
+fn visible(p: &Principal, e: &Event) -> bool {
+    p.admin
+        || e.resource_type == "flavor"
+        || (!e.project_id.is_empty() && p.in_project(&e.project_id))
+}
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
@@ -22,6 +32,8 @@ impl EventService for EventApi {
         &self,
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let p = principal(&req)?;
+        allow(&p, Action::ReadEvents, None)?;
         let r = req.into_inner();
         // A linearizable starting point: everything committed before the call is visible.
         let mut after = {
@@ -62,6 +74,7 @@ impl EventService for EventApi {
                                     || r.resource_types.contains(&e.resource_type)
                             })
                             .filter(|e| r.resource_id.is_empty() || r.resource_id == e.resource_id)
+                            .filter(|e| visible(&p, e))
                             .map(convert::event)
                             .collect();
                         (wanted, end, more)
@@ -106,6 +119,7 @@ mod tests {
 
     use flotilla_proto::v1::event_service_client::EventServiceClient;
     use flotilla_proto::v1::event_service_server::EventServiceServer;
+    use tonic::service::interceptor::InterceptedService;
     use tonic::transport::Server;
 
     use super::*;
@@ -157,15 +171,19 @@ mod tests {
         for name in ["a", "b", "c"] {
             node.propose(&create(name)).await.expect("write");
         }
-        let api = Api {
-            node: node.clone(),
-            peers: Arc::new(NoPeers),
-        };
+        let api = Api::new(node.clone(), Arc::new(NoPeers));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(
             Server::builder()
-                .add_service(EventServiceServer::new(EventApi(api)))
+                .add_service(InterceptedService::new(
+                    EventServiceServer::new(EventApi(api)),
+                    |mut req: tonic::Request<()>| {
+                        req.extensions_mut()
+                            .insert(crate::api::authz::Principal::bootstrap_admin());
+                        Ok(req)
+                    },
+                ))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let mut client = EventServiceClient::connect(format!("http://{addr}"))

@@ -3,8 +3,9 @@ use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::flavor_service_server::FlavorService;
 use tonic::{Request, Response, Status};
 
-use super::{auth::principal, convert, new_id, page_size, paginate, required, Api};
-use crate::state::{validate, Command, FlavorSpec, Outcome};
+use super::authz::{Action, Principal};
+use super::{allow, auth::principal, convert, new_id, page_size, paginate, required, Api};
+use crate::state::{validate, Command, Flavor, FlavorSpec, Outcome};
 
 pub struct FlavorApi(pub Api);
 
@@ -15,13 +16,20 @@ fn flavor_of(outcome: Outcome) -> Result<Response<pb::Flavor>, Status> {
     }
 }
 
+/// A private flavor is visible to admins and to users with a role in one of its projects.
+fn visible(p: &Principal, f: &Flavor) -> bool {
+    p.admin || f.is_public || f.access_project_ids.iter().any(|id| p.in_project(id))
+}
+
 #[tonic::async_trait]
 impl FlavorService for FlavorApi {
     async fn create_flavor(
         &self,
         req: Request<pb::CreateFlavorRequest>,
     ) -> Result<Response<pb::Flavor>, Status> {
-        let actor = principal(&req)?;
+        let p = principal(&req)?;
+        allow(&p, Action::ManageFlavors, None)?;
+        let actor = p.name;
         let r = req.into_inner();
         validate::name("flavor", &r.name).map_err(Status::invalid_argument)?;
         validate::flavor_sizes(r.vcpus, r.ram_mib, r.disk_gib, r.ephemeral_gib, r.swap_mib)
@@ -51,11 +59,14 @@ impl FlavorService for FlavorApi {
         &self,
         req: Request<pb::GetFlavorRequest>,
     ) -> Result<Response<pb::Flavor>, Status> {
+        let p = principal(&req)?;
+        allow(&p, Action::ReadFlavors, None)?;
         let r = req.into_inner();
         required("flavor", &r.flavor)?;
         let state = self.0.read(r.stale).await?;
         let f = state
             .flavor(&r.flavor)
+            .filter(|f| visible(&p, f))
             .ok_or_else(|| Status::not_found(format!("flavor {:?} not found", r.flavor)))?;
         Ok(Response::new(convert::flavor(f)))
     }
@@ -64,10 +75,14 @@ impl FlavorService for FlavorApi {
         &self,
         req: Request<pb::ListFlavorsRequest>,
     ) -> Result<Response<pb::ListFlavorsResponse>, Status> {
+        let p = principal(&req)?;
+        allow(&p, Action::ReadFlavors, None)?;
         let r = req.into_inner();
         let state = self.0.read(r.stale).await?;
         let (page, next) = paginate(
-            state.flavors_after(&r.page_token),
+            state
+                .flavors_after(&r.page_token)
+                .filter(|f| visible(&p, f)),
             page_size(r.page_size),
             |f| f.id.clone(),
         );
@@ -81,7 +96,9 @@ impl FlavorService for FlavorApi {
         &self,
         req: Request<pb::UpdateFlavorRequest>,
     ) -> Result<Response<pb::Flavor>, Status> {
-        let actor = principal(&req)?;
+        let p = principal(&req)?;
+        allow(&p, Action::ManageFlavors, None)?;
+        let actor = p.name;
         let r = req.into_inner();
         required("flavor", &r.flavor)?;
         let cmd = Command::UpdateFlavor {
@@ -98,7 +115,9 @@ impl FlavorService for FlavorApi {
         &self,
         req: Request<pb::DeleteFlavorRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let actor = principal(&req)?;
+        let p = principal(&req)?;
+        allow(&p, Action::ManageFlavors, None)?;
+        let actor = p.name;
         let r = req.into_inner();
         required("flavor", &r.flavor)?;
         self.0
@@ -115,7 +134,9 @@ impl FlavorService for FlavorApi {
         &self,
         req: Request<pb::FlavorAccessRequest>,
     ) -> Result<Response<pb::Flavor>, Status> {
-        let actor = principal(&req)?;
+        let p = principal(&req)?;
+        allow(&p, Action::ManageFlavors, None)?;
+        let actor = p.name;
         let r = req.into_inner();
         required("flavor", &r.flavor)?;
         required("project", &r.project)?;
@@ -130,7 +151,9 @@ impl FlavorService for FlavorApi {
         &self,
         req: Request<pb::FlavorAccessRequest>,
     ) -> Result<Response<pb::Flavor>, Status> {
-        let actor = principal(&req)?;
+        let p = principal(&req)?;
+        allow(&p, Action::ManageFlavors, None)?;
+        let actor = p.name;
         let r = req.into_inner();
         required("flavor", &r.flavor)?;
         required("project", &r.project)?;

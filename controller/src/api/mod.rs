@@ -2,13 +2,20 @@
 //! ([`auth`]), errors are mapped to `Status` in one place ([`error`]), and proto↔domain
 //! conversion lives in [`convert`].
 pub mod auth;
+pub mod authz;
 mod cluster;
 pub mod convert;
 pub mod error;
 mod events;
 mod flavor;
 mod identity;
+pub mod password;
+#[cfg(test)]
+mod rbac_tests;
+pub mod token;
+mod tokens;
 pub mod unimplemented;
+mod users;
 
 use std::sync::Arc;
 
@@ -19,21 +26,33 @@ pub use cluster::{member_status, ClusterApi, PeerDirectory};
 pub use events::EventApi;
 pub use flavor::FlavorApi;
 pub use identity::IdentityApi;
+pub use tokens::bootstrap_admin_when_leader;
 
 use crate::raft::NodeHandle;
-use crate::state::{Command, Envelope, Outcome, State};
+use crate::state::{Command, Envelope, Outcome, Project, State};
+use authz::{Action, Principal};
 
-/// Everything a service needs: the node, and how to reach peers for cluster status.
+/// Everything a service needs: the node, how to reach peers for cluster status, and this
+/// controller's failed-login throttle.
 #[derive(Clone)]
 pub struct Api {
     pub node: NodeHandle,
     pub peers: Arc<dyn cluster::PeerDirectory>,
+    pub logins: Arc<password::LoginThrottle>,
 }
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
 impl Api {
+    pub fn new(node: NodeHandle, peers: Arc<dyn cluster::PeerDirectory>) -> Api {
+        Api {
+            node,
+            peers,
+            logins: Arc::default(),
+        }
+    }
+
     /// Stamps time and actor into a command, proposes it and waits for its outcome. A business
     /// rejection comes back as an error status.
     pub async fn propose(
@@ -69,6 +88,11 @@ impl Api {
         }
         Ok(self.node.state())
     }
+}
+
+/// Runs [`authz::authorize`] and maps a refusal to PERMISSION_DENIED.
+pub fn allow(p: &Principal, action: Action<'_>, target: Option<&Project>) -> Result<(), Status> {
+    authz::authorize(p, action, target).map_err(error::denied)
 }
 
 /// Page size from a request, defaulted and capped.

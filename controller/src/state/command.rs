@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::Member;
+use super::model::{Member, Role};
 
 pub const FORMAT_VERSION: u8 = 1;
 
@@ -70,6 +70,64 @@ pub enum Command {
         flavor: String,
         project: String,
     },
+    CreateUser {
+        id: String,
+        name: String,
+        email: String,
+        enabled: bool,
+        /// Id or name; empty for none.
+        default_project: String,
+        /// argon2id PHC string computed by the proposer; empty: no password yet.
+        password_hash: String,
+    },
+    UpdateUser {
+        /// Id or name.
+        user: String,
+        name: Option<String>,
+        email: Option<String>,
+        enabled: Option<bool>,
+        /// Id or name; `Some("")` clears it.
+        default_project: Option<String>,
+    },
+    DeleteUser {
+        user: String,
+    },
+    SetPassword {
+        user: String,
+        password_hash: String,
+    },
+    AddRoleAssignment {
+        user: String,
+        /// Id or name; empty for the cluster-wide `admin` role.
+        project: String,
+        role: Role,
+    },
+    RemoveRoleAssignment {
+        user: String,
+        project: String,
+        role: Role,
+    },
+    /// Adds a new active signing key (the previous one keeps verifying). With `only_if_none`
+    /// it is ignored when any key exists (the first login of a cluster creates one).
+    AddSigningKey {
+        key_id: String,
+        secret: Vec<u8>,
+        only_if_none: bool,
+    },
+    /// Puts a token id on the revocation list until `expires_at_ms`.
+    RevokeToken {
+        token_id: String,
+        expires_at_ms: i64,
+    },
+    /// Creates the `admin` user (cluster admin) and the `admin` project on a new cluster;
+    /// ignored once any user exists.
+    BootstrapAdmin {
+        user_id: String,
+        project_id: String,
+        password_hash: String,
+        key_id: String,
+        key_secret: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +157,15 @@ impl Command {
             Command::DeleteFlavor { .. } => "delete_flavor",
             Command::AddFlavorAccess { .. } => "add_flavor_access",
             Command::RemoveFlavorAccess { .. } => "remove_flavor_access",
+            Command::CreateUser { .. } => "create_user",
+            Command::UpdateUser { .. } => "update_user",
+            Command::DeleteUser { .. } => "delete_user",
+            Command::SetPassword { .. } => "set_password",
+            Command::AddRoleAssignment { .. } => "add_role_assignment",
+            Command::RemoveRoleAssignment { .. } => "remove_role_assignment",
+            Command::AddSigningKey { .. } => "add_signing_key",
+            Command::RevokeToken { .. } => "revoke_token",
+            Command::BootstrapAdmin { .. } => "bootstrap_admin",
         }
     }
 }

@@ -6,18 +6,22 @@
 //! are remembered so a retried request returns its original outcome.
 mod command;
 mod flavors;
+mod identity;
 mod model;
 mod outcome;
 mod projects;
 pub mod validate;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use command::{Command, DecodeError, Envelope, FlavorSpec, FORMAT_VERSION};
-pub use model::{Event, EventAction, Flavor, Member, Meta, Project};
+pub use identity::{MAX_SIGNING_KEYS, MAX_TOKEN_LIFETIME_MS};
+pub use model::{
+    Event, EventAction, Flavor, Member, Meta, Project, Role, RoleAssignment, SigningKey, User,
+};
 pub use outcome::{Outcome, Rejection};
 
 /// Events kept for watchers that resume from an old revision.
@@ -52,17 +56,27 @@ pub struct State {
     revision: u64,
     members: BTreeMap<u64, Member>,
     /// Ids of members that were removed; ids are never reused.
-    removed_members: std::collections::BTreeSet<u64>,
+    removed_members: BTreeSet<u64>,
     projects: BTreeMap<String, Project>,
     flavors: BTreeMap<String, Flavor>,
     events: VecDeque<Event>,
     requests: BTreeMap<String, Remembered>,
     request_order: VecDeque<(i64, String)>,
+    users: BTreeMap<String, User>,
+    role_assignments: BTreeSet<RoleAssignment>,
+    /// Oldest first; the last one is the active key.
+    signing_keys: Vec<SigningKey>,
+    /// Revoked token ids and when the token would expire anyway…
+    revoked_tokens: BTreeMap<String, i64>,
+    /// …and the same ordered by that time, for pruning.
+    revoked_order: BTreeSet<(i64, String)>,
     // Derived lookups, rebuilt after decoding and never encoded.
     #[serde(skip)]
     project_names: BTreeMap<String, String>,
     #[serde(skip)]
     flavor_names: BTreeMap<String, String>,
+    #[serde(skip)]
+    user_names: BTreeMap<String, String>,
 }
 
 /// What a change did, for the event log.
@@ -83,6 +97,7 @@ impl State {
     pub fn apply(&mut self, index: u64, env: &Envelope) -> Outcome {
         self.applied_index = index;
         self.forget_old_requests(env.time_ms);
+        self.prune_identity(env.time_ms);
         if !env.request_id.is_empty() {
             if let Some(seen) = self.requests.get(&env.request_id) {
                 if seen.kind != env.command.kind() {
@@ -105,6 +120,15 @@ impl State {
             | Command::DeleteFlavor { .. }
             | Command::AddFlavorAccess { .. }
             | Command::RemoveFlavorAccess { .. } => self.apply_flavor(revision, env),
+            Command::CreateUser { .. }
+            | Command::UpdateUser { .. }
+            | Command::DeleteUser { .. }
+            | Command::SetPassword { .. }
+            | Command::AddRoleAssignment { .. }
+            | Command::RemoveRoleAssignment { .. }
+            | Command::AddSigningKey { .. }
+            | Command::RevokeToken { .. }
+            | Command::BootstrapAdmin { .. } => self.apply_identity(revision, env),
         };
         let outcome = match result {
             Ok((outcome, Some(change))) => {
@@ -312,6 +336,11 @@ impl State {
             .values()
             .map(|f| (f.name.clone(), f.id.clone()))
             .collect();
+        state.user_names = state
+            .users
+            .values()
+            .map(|u| (u.name.clone(), u.id.clone()))
+            .collect();
         Ok(state)
     }
 
@@ -323,5 +352,7 @@ impl State {
     }
 }
 
+#[cfg(test)]
+mod identity_tests;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! What `apply` returns. A business rejection is a value (I2), never a panic or transport error.
 use serde::{Deserialize, Serialize};
 
-use super::model::{Flavor, Member, Project};
+use super::model::{Flavor, Member, Project, RoleAssignment, User};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -12,6 +12,8 @@ pub enum Outcome {
     /// The command changed nothing (e.g. a repeated bootstrap).
     Unchanged,
     Rejected(Rejection),
+    User(User),
+    RoleAssignment(RoleAssignment),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

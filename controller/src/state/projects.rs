@@ -106,6 +106,7 @@ impl State {
                 for flavor in self.flavors.values_mut() {
                     flavor.access_project_ids.remove(&found.id);
                 }
+                self.forget_project_in_identity(&found.id);
                 Ok((Outcome::Deleted, Some(change(&found, EventAction::Deleted))))
             }
             _ => unreachable!("apply_project called with a non-project command"),
