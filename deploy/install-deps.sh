@@ -28,7 +28,7 @@ for arg in "$@"; do
     esac
 done
 
-packages=(build-essential pkg-config ca-certificates curl)
+packages=(build-essential pkg-config ca-certificates curl qemu-utils)
 if ((bench)); then
     packages+=(etcd-server etcd-client)
 fi

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod certs;
 pub mod config;
+pub mod images;
 pub mod raft;
 pub mod server;
 pub mod state;
