@@ -142,6 +142,15 @@ pub struct ValidConfig {
     pub raft: RaftTuning,
 }
 
+/// The first line of a secret file (token, password), without its line ending.
+fn first_line(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
 impl ControllerConfig {
     pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -201,33 +210,14 @@ impl ControllerConfig {
                 )
             }
             (Some(t), None) => t.trim().to_owned(),
-            (None, Some(p)) => std::fs::read_to_string(p)
-                .map_err(|source| ConfigError::Read {
-                    path: p.clone(),
-                    source,
-                })?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned(),
+            (None, Some(p)) => first_line(p)?.trim().to_owned(),
             (None, None) => return bad("bootstrap_admin_token (or _file) is required".into()),
         };
         if admin_token.len() < 16 {
             return bad("the bootstrap admin token must be at least 16 characters".into());
         }
         let admin_password = match &self.bootstrap_admin_password_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read {
-                        path: p.clone(),
-                        source,
-                    })?
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned(),
-            ),
+            Some(p) => Some(first_line(p)?),
             None => std::env::var(ADMIN_PASSWORD_ENV).ok(),
         };
         if let Some(pw) = &admin_password {
