@@ -12,6 +12,7 @@ use crate::commands::{
     event::EventCmd,
     flavor::FlavorCmd,
     project::ProjectCmd,
+    quota::QuotaCmd,
     user::UserCmd,
 };
 
@@ -115,6 +116,9 @@ pub enum Command {
     /// Role assignments: `admin` (cluster-wide), `member` and `reader` (per project).
     #[command(subcommand)]
     Role(RoleCmd),
+    /// Quotas: per-project limits and the cluster-wide defaults (-1 = unlimited).
+    #[command(subcommand)]
+    Quota(QuotaCmd),
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {

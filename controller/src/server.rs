@@ -11,7 +11,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 use crate::api::auth::Authenticator;
-use crate::api::{self, Api, ClusterApi, EventApi, FlavorApi, IdentityApi};
+use crate::api::{self, Api, ClusterApi, EventApi, FlavorApi, IdentityApi, QuotaApi};
 use crate::config::{TlsConfig, ValidConfig};
 use crate::raft::grpc::{GrpcTransport, RaftServer};
 use crate::raft::node::NodeOptions;
@@ -137,6 +137,7 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     use pb::event_service_server::EventServiceServer;
     use pb::flavor_service_server::FlavorServiceServer;
     use pb::identity_service_server::IdentityServiceServer;
+    use pb::quota_service_server::QuotaServiceServer;
 
     let mut client_server = Server::builder()
         .tcp_nodelay(true)
@@ -150,7 +151,8 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
         .add_service(authed!(IdentityServiceServer, IdentityApi(api.clone())))
         .add_service(authed!(FlavorServiceServer, FlavorApi(api.clone())))
         .add_service(authed!(ClusterServiceServer, ClusterApi(api.clone())))
-        .add_service(authed!(EventServiceServer, EventApi(api.clone())));
+        .add_service(authed!(EventServiceServer, EventApi(api.clone())))
+        .add_service(authed!(QuotaServiceServer, QuotaApi(api.clone())));
     let client_router = crate::api::unimplemented::add_all(client_router, intercept.clone());
 
     let status_node = node.clone();

@@ -4,7 +4,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use flotilla_proto::v1::{self, flavor_service_client::FlavorServiceClient};
 
 use super::{all_pages, for_each_name, Ctx, Io};
-use crate::args::parse_property;
+use crate::args::{parse_property, Format};
 use crate::client::new_request_id;
 use crate::error::CliError;
 use crate::output;
@@ -29,6 +29,95 @@ pub enum FlavorCmd {
         #[arg(required = true, value_name = "FLAVOR")]
         flavors: Vec<String>,
     },
+    /// Which projects may use a private flavor.
+    #[command(subcommand)]
+    Access(AccessCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccessCmd {
+    /// Let a project use a private flavor.
+    Add {
+        /// Flavor id or name.
+        flavor: String,
+        /// Project id or name.
+        project: String,
+    },
+    /// Take a project's access to a private flavor away.
+    Remove {
+        /// Flavor id or name.
+        flavor: String,
+        /// Project id or name.
+        project: String,
+    },
+    /// List the projects that may use a flavor.
+    List {
+        /// Flavor id or name.
+        flavor: String,
+    },
+}
+
+/// `flavor access list` as JSON/YAML.
+#[derive(Debug, serde::Serialize)]
+pub struct AccessView {
+    pub flavor_id: String,
+    pub access_project_ids: Vec<String>,
+}
+
+impl AccessView {
+    pub fn render(&self, format: Format) -> Result<String, CliError> {
+        if format != Format::Table {
+            return output::structured(format, self);
+        }
+        let rows: Vec<Vec<String>> = self
+            .access_project_ids
+            .iter()
+            .map(|id| vec![id.clone()])
+            .collect();
+        Ok(output::table(&["PROJECT ID"], &rows))
+    }
+}
+
+async fn access(cmd: AccessCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
+    let conn = &ctx.conn;
+    let (flavor, project, add) = match cmd {
+        AccessCmd::List { flavor } => {
+            let request = v1::GetFlavorRequest {
+                flavor,
+                stale: ctx.stale,
+            };
+            let f = conn
+                .call(request, |ch, req| async move {
+                    FlavorServiceClient::new(ch).get_flavor(req).await
+                })
+                .await?;
+            let mut access_project_ids = f.access_project_ids;
+            access_project_ids.sort();
+            let view = AccessView {
+                flavor_id: f.id,
+                access_project_ids,
+            };
+            return io.print(&view.render(ctx.format)?);
+        }
+        AccessCmd::Add { flavor, project } => (flavor, project, true),
+        AccessCmd::Remove { flavor, project } => (flavor, project, false),
+    };
+    let request = v1::FlavorAccessRequest {
+        request_id: new_request_id(),
+        flavor,
+        project,
+    };
+    let flavor = conn
+        .call(request, move |ch, req| async move {
+            let mut client = FlavorServiceClient::new(ch);
+            if add {
+                client.add_flavor_access(req).await
+            } else {
+                client.remove_flavor_access(req).await
+            }
+        })
+        .await?;
+    io.print(&output::show(ctx.format, &FlavorView::from(flavor))?)
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +180,7 @@ pub struct SetArgs {
 pub async fn run(cmd: FlavorCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
     let conn = &ctx.conn;
     match cmd {
+        FlavorCmd::Access(cmd) => access(cmd, ctx, io).await,
         FlavorCmd::Create(a) => {
             let request = v1::CreateFlavorRequest {
                 request_id: new_request_id(),
@@ -178,5 +268,46 @@ pub async fn run(cmd: FlavorCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliEr
             })
             .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<AccessCmd, clap::Error> {
+        let mut all = vec!["flotilla", "flavor", "access"];
+        all.extend(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Flavor(FlavorCmd::Access(a)) => Ok(a),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn access_commands_parse_and_list_renders_project_ids() {
+        assert!(matches!(
+            parse(&["add", "gpu", "web"]).unwrap(),
+            AccessCmd::Add { ref flavor, ref project } if flavor == "gpu" && project == "web"
+        ));
+        assert!(matches!(
+            parse(&["remove", "gpu", "web"]).unwrap(),
+            AccessCmd::Remove { .. }
+        ));
+        assert!(matches!(
+            parse(&["list", "gpu", "-f", "json"]).unwrap(),
+            AccessCmd::List { .. }
+        ));
+        assert!(parse(&["add", "gpu"]).is_err(), "a project is required");
+        let view = AccessView {
+            flavor_id: "f1".into(),
+            access_project_ids: vec!["p1".into(), "p2".into()],
+        };
+        assert_eq!(view.render(Format::Table).unwrap(), "PROJECT ID\np1\np2\n");
+        let json: serde_json::Value =
+            serde_json::from_str(&view.render(Format::Json).unwrap()).unwrap();
+        assert_eq!(json["access_project_ids"][1], "p2");
     }
 }

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod event;
 pub mod flavor;
 pub mod project;
+pub mod quota;
 pub mod user;
 
 use std::collections::HashSet;
@@ -50,6 +51,7 @@ pub async fn run(command: Command, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), Cli
         Command::Token(cmd) => auth::token(cmd, ctx, io).await,
         Command::User(cmd) => user::run(cmd, ctx, io).await,
         Command::Role(cmd) => auth::role(cmd, ctx, io).await,
+        Command::Quota(cmd) => quota::run(cmd, ctx, io).await,
     }
 }
 

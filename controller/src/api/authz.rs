@@ -9,10 +9,12 @@
 //! | WriteProject(P)                 | yes   | yes         | no          | no          |
 //! | ManageProjects, ManageUsers,    |       |             |             |             |
 //! | ManageFlavors, RotateKeys,      | yes   | no          | no          | no          |
-//! | ClusterAdmin                    |       |             |             |             |
+//! | ClusterAdmin, ManageQuotas      |       |             |             |             |
 //! | ReadUser(u), ChangePassword(u)  | yes   | only u = self                             |
 //! | ReadFlavors, ReadEvents, WhoAmI,| yes   | yes         | yes         | yes         |
-//! | RevokeToken                     |       |             |             |             |
+//! | RevokeToken, ReadDefaultQuota   |       |             |             |             |
+//!
+//! A project's quota is read with ReadProject(P).
 //!
 //! Non-admins cannot act in a disabled project. A disabled user never gets this far: their
 //! tokens stop authenticating (see [`super::auth`]). Pure, so the table is unit-tested.
@@ -84,6 +86,9 @@ pub enum Action<'a> {
     ClusterAdmin,
     WhoAmI,
     RevokeToken,
+    /// Set project quotas and the default quota.
+    ManageQuotas,
+    ReadDefaultQuota,
 }
 
 impl Action<'_> {
@@ -102,6 +107,8 @@ impl Action<'_> {
             Action::ClusterAdmin => "cluster administration",
             Action::WhoAmI => "whoami",
             Action::RevokeToken => "revoking tokens",
+            Action::ManageQuotas => "setting quotas",
+            Action::ReadDefaultQuota => "reading the default quota",
         }
     }
 }
@@ -130,8 +137,13 @@ pub fn authorize(
         | Action::ManageUsers
         | Action::ManageFlavors
         | Action::RotateKeys
-        | Action::ClusterAdmin => needs_admin(),
-        Action::ReadFlavors | Action::ReadEvents | Action::WhoAmI | Action::RevokeToken => Ok(()),
+        | Action::ClusterAdmin
+        | Action::ManageQuotas => needs_admin(),
+        Action::ReadFlavors
+        | Action::ReadEvents
+        | Action::WhoAmI
+        | Action::RevokeToken
+        | Action::ReadDefaultQuota => Ok(()),
         Action::ReadUser { user_id } | Action::ChangePassword { user_id } => {
             if !principal.user_id.is_empty() && principal.user_id == user_id {
                 Ok(())
@@ -229,6 +241,8 @@ mod tests {
             (ReadEvents, None, [true, true, true, true]),
             (WhoAmI, None, [true, true, true, true]),
             (RevokeToken, None, [true, true, true, true]),
+            (ManageQuotas, None, [true, false, false, false]),
+            (ReadDefaultQuota, None, [true, true, true, true]),
         ];
         for (action, target, expected) in table {
             for (who, want) in [&admin, &member, &reader, &nobody].iter().zip(expected) {

@@ -10,6 +10,7 @@ mod events;
 mod flavor;
 mod identity;
 pub mod password;
+mod quota;
 #[cfg(test)]
 mod rbac_tests;
 pub mod token;
@@ -26,6 +27,7 @@ pub use cluster::{member_status, ClusterApi, PeerDirectory};
 pub use events::EventApi;
 pub use flavor::FlavorApi;
 pub use identity::IdentityApi;
+pub use quota::QuotaApi;
 pub use tokens::bootstrap_admin_when_leader;
 
 use crate::raft::NodeHandle;

@@ -12,9 +12,12 @@ use pb::identity_service_server::IdentityService;
 use tonic::{Code, Request, Status};
 
 use super::auth::Authenticator;
-use super::{Api, ClusterApi, EventApi, FlavorApi, IdentityApi, PeerDirectory};
+use super::{Api, ClusterApi, EventApi, FlavorApi, IdentityApi, PeerDirectory, QuotaApi};
 use crate::raft::harness::{fast_tuning, Cluster};
 use crate::state::Member;
+
+mod bootstrap;
+mod quota;
 
 const ADMIN_TOKEN: &str = "bootstrap-token-for-tests-0123456789";
 const PASSWORD: &str = "password-1";
@@ -35,6 +38,7 @@ struct World {
     flavors: FlavorApi,
     clusters: ClusterApi,
     events: EventApi,
+    quotas: QuotaApi,
     counter: AtomicU32,
 }
 
@@ -65,7 +69,8 @@ impl World {
             identity: IdentityApi(api.clone()),
             flavors: FlavorApi(api.clone()),
             clusters: ClusterApi(api.clone()),
-            events: EventApi(api),
+            events: EventApi(api.clone()),
+            quotas: QuotaApi(api),
             counter: AtomicU32::new(0),
         }
     }
@@ -226,6 +231,10 @@ enum Rpc {
     RemoveMember,
     TransferLeader,
     WatchEvents,
+    GetQuota,
+    SetQuota,
+    GetDefaultQuota,
+    SetDefaultQuota,
 }
 
 impl World {
@@ -472,6 +481,9 @@ impl World {
                 let r = pb::WatchEventsRequest::default();
                 drop(self.events.watch_events(self.req(token, r)?).await?);
             }
+            Rpc::GetQuota | Rpc::SetQuota | Rpc::GetDefaultQuota | Rpc::SetDefaultQuota => {
+                self.call_quota(rpc, token, project).await?;
+            }
         }
         Ok(())
     }
@@ -482,17 +494,16 @@ fn rule(rpc: Rpc) -> (Rule, &'static [Target]) {
     const BOTH: &[Target] = &[Target::Own, Target::Other];
     const NONE: &[Target] = &[Target::NoProject];
     match rpc {
-        GetProject => (Rule::ReadOwn, BOTH),
+        GetProject | GetQuota => (Rule::ReadOwn, BOTH),
         UpdateProject | DeleteProject | AddRoleAssignment | RemoveRoleAssignment
-        | AddFlavorAccess | RemoveFlavorAccess => (Rule::Admin, BOTH),
+        | AddFlavorAccess | RemoveFlavorAccess | SetQuota => (Rule::Admin, BOTH),
         ListRoleAssignments => (Rule::Any, BOTH),
         CreateProject | CreateUser | GetUserOther | UpdateUser | DeleteUser | SetPasswordOther
         | RotateSigningKey | CreateFlavor | UpdateFlavor | DeleteFlavor | GetClusterStatus
-        | GetMemberStatus | ListMembers | AddMember | RemoveMember | TransferLeader => {
-            (Rule::Admin, NONE)
-        }
+        | GetMemberStatus | ListMembers | AddMember | RemoveMember | TransferLeader
+        | SetDefaultQuota => (Rule::Admin, NONE),
         ListProjects | GetUserSelf | ListUsers | SetPasswordSelf | RevokeToken | WhoAmI
-        | GetFlavor | ListFlavors | WatchEvents => (Rule::Any, NONE),
+        | GetFlavor | ListFlavors | WatchEvents | GetDefaultQuota => (Rule::Any, NONE),
     }
 }
 
@@ -530,6 +541,10 @@ const ALL: &[Rpc] = &[
     Rpc::RemoveMember,
     Rpc::TransferLeader,
     Rpc::WatchEvents,
+    Rpc::GetQuota,
+    Rpc::SetQuota,
+    Rpc::GetDefaultQuota,
+    Rpc::SetDefaultQuota,
 ];
 
 /// Calls whose allowed form is deliberately invalid (see [`World::call`]).
@@ -736,48 +751,5 @@ async fn login_scopes_tokens_and_revocation_disabling_and_throttling_take_effect
     let err = w.login("norole", "").await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("retry in"), "{err:?}");
-    w.cluster.shutdown();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_leader_creates_the_admin_user_who_can_log_in_and_act() {
-    let w = World::start().await;
-    let api = w.identity.0.clone();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        super::bootstrap_admin_when_leader(api.clone(), "admin-password".into()),
-    )
-    .await
-    .expect("bootstrap finishes");
-    // A second run (e.g. after a leader change) changes nothing.
-    super::bootstrap_admin_when_leader(api.clone(), "other-password".into()).await;
-    assert_eq!(api.node.state().user_count(), 1);
-    let r = w
-        .req(
-            None,
-            pb::LoginRequest {
-                user: "admin".into(),
-                password: "admin-password".into(),
-                project: String::new(),
-            },
-        )
-        .unwrap();
-    let token = w.identity.login(r).await.unwrap().into_inner();
-    assert_eq!(token.roles, ["admin"]);
-    let admin_project = api.node.state().project("admin").unwrap().id.clone();
-    assert_eq!(
-        token.project_id, admin_project,
-        "scoped to the admin project"
-    );
-    let r = w
-        .req(
-            Some(&token.token),
-            pb::CreateProjectRequest {
-                name: "made-by-admin".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    w.identity.create_project(r).await.expect("the admin acts");
     w.cluster.shutdown();
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::model::{Member, Role};
+use super::quota::{Amounts, Resource};
 
 pub const FORMAT_VERSION: u8 = 1;
 
@@ -128,6 +129,18 @@ pub enum Command {
         key_id: String,
         key_secret: Vec<u8>,
     },
+    /// Changes a project's quota: `reset_to_default` removes project-specific limits first,
+    /// then `changes` sets limits (-1 = unlimited), all in one step.
+    SetQuota {
+        /// Id or name.
+        project: String,
+        reset_to_default: Vec<Resource>,
+        changes: Amounts,
+    },
+    /// Changes the cluster-wide default limits.
+    SetDefaultQuota {
+        changes: Amounts,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +179,8 @@ impl Command {
             Command::AddSigningKey { .. } => "add_signing_key",
             Command::RevokeToken { .. } => "revoke_token",
             Command::BootstrapAdmin { .. } => "bootstrap_admin",
+            Command::SetQuota { .. } => "set_quota",
+            Command::SetDefaultQuota { .. } => "set_default_quota",
         }
     }
 }
@@ -181,6 +196,14 @@ pub enum DecodeError {
     NewerVersion(u8),
     #[error("log entry cannot be decoded (corrupt, or written by a newer controller)")]
     Malformed(#[source] bincode::Error),
+    #[error(
+        "the snapshot has state format {found}, this controller reads format {expected} only \
+         (it was written by an earlier development build); start this member from an empty \
+         data directory and let it catch up from the others"
+    )]
+    OlderSnapshot { found: u8, expected: u8 },
+    #[error("the snapshot has state format {0}, newer than this controller reads; upgrade it")]
+    NewerSnapshot(u8),
 }
 
 impl Envelope {

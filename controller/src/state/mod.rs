@@ -10,6 +10,7 @@ mod identity;
 mod model;
 mod outcome;
 mod projects;
+mod quota;
 pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -23,6 +24,13 @@ pub use model::{
     Event, EventAction, Flavor, Member, Meta, Project, Role, RoleAssignment, SigningKey, User,
 };
 pub use outcome::{Outcome, Rejection};
+pub use quota::{
+    admit, validate_limits, Amounts, ProjectQuota, QuotaExceeded, QuotaItem, Resource,
+    ResourceDelta, UNLIMITED,
+};
+
+/// Format of encoded snapshots of [`State`]. 2: identity and quotas were added.
+pub const STATE_FORMAT_VERSION: u8 = 2;
 
 /// Events kept for watchers that resume from an old revision.
 pub const EVENT_RETENTION: usize = 20_000;
@@ -70,6 +78,12 @@ pub struct State {
     revoked_tokens: BTreeMap<String, i64>,
     /// …and the same ordered by that time, for pruning.
     revoked_order: BTreeSet<(i64, String)>,
+    /// Project id → project-specific limits (resources without one use the default).
+    quota_overrides: BTreeMap<String, quota::Amounts>,
+    /// Default limits changed from the built-in ones.
+    default_quota: quota::Amounts,
+    /// Project id → amounts allocated (nothing allocates yet).
+    quota_usage: BTreeMap<String, quota::Amounts>,
     // Derived lookups, rebuilt after decoding and never encoded.
     #[serde(skip)]
     project_names: BTreeMap<String, String>,
@@ -129,6 +143,7 @@ impl State {
             | Command::AddSigningKey { .. }
             | Command::RevokeToken { .. }
             | Command::BootstrapAdmin { .. } => self.apply_identity(revision, env),
+            Command::SetQuota { .. } | Command::SetDefaultQuota { .. } => self.apply_quota(env),
         };
         let outcome = match result {
             Ok((outcome, Some(change))) => {
@@ -313,9 +328,10 @@ impl State {
         Ok(self.events.range(start..))
     }
 
-    /// Encodes the whole state (for snapshots). Deterministic.
+    /// Encodes the whole state (for snapshots). Deterministic. The first byte is
+    /// [`STATE_FORMAT_VERSION`], raised whenever `State`'s fields change.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT_VERSION];
+        let mut out = vec![STATE_FORMAT_VERSION];
         bincode::serialize_into(&mut out, self).expect("state serializes");
         out
     }
@@ -323,7 +339,13 @@ impl State {
     pub fn decode(data: &[u8]) -> Result<State, DecodeError> {
         let mut state: State = match data.first() {
             None => return Err(DecodeError::Empty),
-            Some(&v) if v > FORMAT_VERSION || v == 0 => return Err(DecodeError::NewerVersion(v)),
+            Some(&v) if v > STATE_FORMAT_VERSION => return Err(DecodeError::NewerSnapshot(v)),
+            Some(&v) if v < STATE_FORMAT_VERSION => {
+                return Err(DecodeError::OlderSnapshot {
+                    found: v,
+                    expected: STATE_FORMAT_VERSION,
+                })
+            }
             Some(_) => bincode::deserialize(&data[1..]).map_err(DecodeError::Malformed)?,
         };
         state.project_names = state

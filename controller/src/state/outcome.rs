@@ -2,6 +2,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::{Flavor, Member, Project, RoleAssignment, User};
+use super::quota::{Amounts, ProjectQuota};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -14,6 +15,8 @@ pub enum Outcome {
     Rejected(Rejection),
     User(User),
     RoleAssignment(RoleAssignment),
+    Quota(ProjectQuota),
+    DefaultQuota(Amounts),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

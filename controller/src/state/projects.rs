@@ -107,6 +107,7 @@ impl State {
                     flavor.access_project_ids.remove(&found.id);
                 }
                 self.forget_project_in_identity(&found.id);
+                self.forget_project_quota(&found.id);
                 Ok((Outcome::Deleted, Some(change(&found, EventAction::Deleted))))
             }
             _ => unreachable!("apply_project called with a non-project command"),

@@ -390,3 +390,18 @@ fn a_retry_sees_the_resource_as_it_is_now_or_learns_it_was_deleted() {
     );
     assert_eq!(s.project_count(), 0, "the retry created nothing");
 }
+
+#[test]
+fn snapshots_from_another_state_format_are_refused_with_advice() {
+    let mut data = State::new().encode();
+    data[0] = STATE_FORMAT_VERSION - 1;
+    assert!(matches!(
+        State::decode(&data),
+        Err(DecodeError::OlderSnapshot { .. })
+    ));
+    data[0] = STATE_FORMAT_VERSION + 1;
+    assert!(matches!(
+        State::decode(&data),
+        Err(DecodeError::NewerSnapshot(_))
+    ));
+}
