@@ -99,6 +99,9 @@ pub struct Options {
     pub log_retention: Option<u64>,
     /// Issue certificates with `gen-certs` and configure `[tls]` on every node.
     pub tls: bool,
+    /// Write this password to a file and set `bootstrap_admin_password_file` on every node, so
+    /// the first leader creates the `admin` user with it.
+    pub admin_password: Option<String>,
 }
 
 impl Default for Options {
@@ -108,6 +111,7 @@ impl Default for Options {
             snapshot_interval: None,
             log_retention: None,
             tls: false,
+            admin_password: None,
         }
     }
 }
@@ -282,6 +286,15 @@ impl Cluster {
             n.client_address,
             n.peer_address
         );
+        if let Some(pw) = &self.opts.admin_password {
+            let file = n.config.with_file_name("admin-password");
+            fs::write(&file, format!("{pw}\n")).expect("write admin password file");
+            let _ = write!(
+                toml,
+                "bootstrap_admin_password_file = \"{}\"\n\n",
+                file.display()
+            );
+        }
         toml.push_str(members);
         if let Some(tls) = &self.tls {
             let _ = write!(
