@@ -113,7 +113,6 @@ impl EventService for EventApi {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -124,8 +123,8 @@ mod tests {
 
     use super::*;
     use crate::api::PeerDirectory;
-    use crate::raft::harness::{fast_tuning, Cluster};
-    use crate::state::{Command, Envelope, Member};
+    use crate::raft::harness::{create_project, fast_tuning, Cluster};
+    use crate::state::{Envelope, Member};
 
     struct NoPeers;
 
@@ -137,18 +136,7 @@ mod tests {
     }
 
     fn create(name: &str) -> Envelope {
-        Envelope {
-            request_id: format!("rid-{name}"),
-            actor: "test".into(),
-            time_ms: crate::server::now_ms(),
-            command: Command::CreateProject {
-                id: format!("id-{name}"),
-                name: name.into(),
-                description: String::new(),
-                enabled: true,
-                properties: BTreeMap::new(),
-            },
-        }
+        create_project(&format!("rid-{name}"), name)
     }
 
     async fn next(stream: &mut tonic::Streaming<pb::Event>) -> pb::Event {

@@ -12,27 +12,11 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::harness::{fast_tuning, Cluster};
+use super::harness::{create_project as create, fast_tuning, Cluster};
 use super::node::{MemberChange, NodeHandle};
-use crate::state::{Command, Envelope, Outcome};
+use crate::state::Outcome;
 
 const CONVERGE: Duration = Duration::from_secs(30);
-
-fn create(request_id: &str, name: &str) -> Envelope {
-    Envelope {
-        request_id: request_id.into(),
-        actor: "harness".into(),
-        // Stamped like the API does: the dedup window is measured in leader-stamped time.
-        time_ms: crate::server::now_ms(),
-        command: Command::CreateProject {
-            id: format!("id-{name}"),
-            name: name.into(),
-            description: String::new(),
-            enabled: true,
-            properties: BTreeMap::new(),
-        },
-    }
-}
 
 /// Proposes through any running node until applied, retrying with the same request id.
 async fn write(

@@ -108,6 +108,23 @@ pub struct Cluster {
     nodes: BTreeMap<u64, Running>,
 }
 
+/// A CreateProject command stamped like the API stamps it (real time: the dedup window is
+/// measured in leader-stamped time), with id `id-<name>`.
+pub fn create_project(request_id: &str, name: &str) -> crate::state::Envelope {
+    crate::state::Envelope {
+        request_id: request_id.into(),
+        actor: "test".into(),
+        time_ms: crate::server::now_ms(),
+        command: crate::state::Command::CreateProject {
+            id: format!("id-{name}"),
+            name: name.into(),
+            description: String::new(),
+            enabled: true,
+            properties: Default::default(),
+        },
+    }
+}
+
 /// Raft timing for tests: fast elections so fault schedules stay short.
 pub fn fast_tuning() -> RaftTuning {
     RaftTuning {

@@ -422,32 +422,17 @@ impl Node {
     /// Fails requests that waited too long; clients retry with the same request id.
     fn expire(&mut self, now: Instant) {
         let timeout = self.proposal_timeout();
-        let expired: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in expired {
-            if let Some(p) = self.proposals.remove(&seq) {
-                let _ = p.reply.send(Err(NodeError::Timeout(timeout)));
-            }
+        for (_, p) in self.proposals.extract_if(|_, p| p.deadline <= now) {
+            let _ = p.reply.send(Err(NodeError::Timeout(timeout)));
         }
-        let expired: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| r.deadline <= now)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in expired {
-            if let Some(r) = self.reads.remove(&seq) {
-                let err = if self.raw.raft.leader_id == 0 {
-                    NodeError::NoLeader
-                } else {
-                    NodeError::Timeout(timeout)
-                };
-                let _ = r.reply.send(Err(err));
-            }
+        let no_leader = self.raw.raft.leader_id == 0;
+        for (_, r) in self.reads.extract_if(|_, r| r.deadline <= now) {
+            let err = if no_leader {
+                NodeError::NoLeader
+            } else {
+                NodeError::Timeout(timeout)
+            };
+            let _ = r.reply.send(Err(err));
         }
     }
 

@@ -413,19 +413,11 @@ impl State {
 
     /// Looks a user up by id, then by name.
     pub fn user(&self, key: &str) -> Option<&User> {
-        self.users
-            .get(key)
-            .or_else(|| self.user_names.get(key).and_then(|id| self.users.get(id)))
+        super::by_id_or_name(&self.users, &self.user_names, key)
     }
 
     pub fn users_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a User> + 'a {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let lower = if after.is_empty() {
-            Unbounded
-        } else {
-            Excluded(after.to_owned())
-        };
-        self.users.range((lower, Unbounded)).map(|(_, u)| u)
+        super::page_after(&self.users, after)
     }
 
     pub fn user_count(&self) -> usize {

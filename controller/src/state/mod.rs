@@ -276,22 +276,12 @@ impl State {
 
     /// Projects in id order, starting after `after` (exclusive) when given.
     pub fn projects_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Project> + 'a {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let lower = if after.is_empty() {
-            Unbounded
-        } else {
-            Excluded(after.to_owned())
-        };
-        self.projects.range((lower, Unbounded)).map(|(_, p)| p)
+        page_after(&self.projects, after)
     }
 
     /// Looks a project up by id, then by name.
     pub fn project(&self, key: &str) -> Option<&Project> {
-        self.projects.get(key).or_else(|| {
-            self.project_names
-                .get(key)
-                .and_then(|id| self.projects.get(id))
-        })
+        by_id_or_name(&self.projects, &self.project_names, key)
     }
 
     pub fn project_count(&self) -> usize {
@@ -299,21 +289,11 @@ impl State {
     }
 
     pub fn flavors_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Flavor> + 'a {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let lower = if after.is_empty() {
-            Unbounded
-        } else {
-            Excluded(after.to_owned())
-        };
-        self.flavors.range((lower, Unbounded)).map(|(_, f)| f)
+        page_after(&self.flavors, after)
     }
 
     pub fn flavor(&self, key: &str) -> Option<&Flavor> {
-        self.flavors.get(key).or_else(|| {
-            self.flavor_names
-                .get(key)
-                .and_then(|id| self.flavors.get(id))
-        })
+        by_id_or_name(&self.flavors, &self.flavor_names, key)
     }
 
     /// Retained events with revision greater than `after`, oldest first. `Err(oldest)` when
@@ -376,5 +356,31 @@ impl State {
 
 #[cfg(test)]
 mod identity_tests;
+/// Values of an id-keyed map after `after` (exclusive; empty = from the start): one page of a
+/// List RPC, whose page token is the last id returned.
+pub(crate) fn page_after<'a, V>(
+    map: &'a BTreeMap<String, V>,
+    after: &str,
+) -> impl Iterator<Item = &'a V> + 'a {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let lower = if after.is_empty() {
+        Unbounded
+    } else {
+        Excluded(after.to_owned())
+    };
+    map.range((lower, Unbounded)).map(|(_, v)| v)
+}
+
+/// Looks a resource up by id, then by unique name.
+pub(crate) fn by_id_or_name<'a, V>(
+    by_id: &'a BTreeMap<String, V>,
+    names: &BTreeMap<String, String>,
+    key: &str,
+) -> Option<&'a V> {
+    by_id
+        .get(key)
+        .or_else(|| names.get(key).and_then(|id| by_id.get(id)))
+}
+
 #[cfg(test)]
 mod tests;
