@@ -12,12 +12,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use flotilla_proto::v1 as fpb;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::etcdpb;
 
-/// The admin token the benchmark configures its Flotilla cluster with.
-pub const FLOTILLA_TOKEN: &str = "flotilla-bench-admin-token-0123456789";
+/// The password of the `admin` user the benchmark's Flotilla cluster creates on its first
+/// leader; the benchmark logs in as that user (see [`Cluster::wait_for_leader`]).
+pub const FLOTILLA_ADMIN_PASSWORD: &str = "flotilla-bench-admin-password";
+/// Deadline of one Login attempt. Login starts with a linearizable read, which a controller
+/// without a leader holds until its proposal timeout (5 s): give up sooner, ask the next member.
+const LOGIN_ATTEMPT: Duration = Duration::from_secs(1);
+/// Pause after a refused Login (the leader may not have created `admin` yet). Refusals count
+/// towards the controller's login throttle (5 per user name and minute, per controller).
+const LOGIN_REFUSED_PAUSE: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -52,6 +60,8 @@ pub struct Cluster {
     dir: Option<tempfile::TempDir>,
     /// Where to copy member logs before the directory is removed (`--save-logs`).
     save_logs: Option<PathBuf>,
+    /// Flotilla: `authorization: Bearer <token>` of the `admin` user, once logged in.
+    flotilla_auth: Option<MetadataValue<Ascii>>,
 }
 
 pub struct StartOptions {
@@ -94,6 +104,7 @@ impl Cluster {
             members: Vec::new(),
             dir: None,
             save_logs: opts.save_logs.clone(),
+            flotilla_auth: None,
         };
         let root = dir.path().to_owned();
         cluster.dir = Some(dir);
@@ -133,12 +144,15 @@ impl Cluster {
                 "\n[[initial_members]]\nid = {id}\nname = \"{name}\"\nclient_address = \"{c}\"\npeer_address = \"{p}\"\n"
             )?;
         }
+        let password_file = root.join("admin.password");
+        std::fs::write(&password_file, format!("{FLOTILLA_ADMIN_PASSWORD}\n"))?;
         for (id, name, c, p) in &members {
             let data = root.join(name);
             let cfg = format!(
                 "id = {id}\nname = \"{name}\"\ndata_dir = \"{}\"\nclient_listen = \"{c}\"\npeer_listen = \"{p}\"\n\
-                 bootstrap_admin_token = \"{FLOTILLA_TOKEN}\"\n{list}",
-                data.display()
+                 bootstrap_admin_password_file = \"{}\"\n{list}",
+                data.display(),
+                password_file.display()
             );
             let cfg_path = root.join(format!("{name}.toml"));
             std::fs::write(&cfg_path, cfg)?;
@@ -264,17 +278,76 @@ impl Cluster {
         Ok(())
     }
 
+    /// Flotilla: `authorization` metadata with the `admin` user's token. Fails before
+    /// [`Cluster::wait_for_leader`] has logged in.
+    pub fn flotilla_auth(&self) -> Result<MetadataValue<Ascii>> {
+        self.flotilla_auth
+            .clone()
+            .context("not logged in to the Flotilla cluster yet (wait_for_leader logs in)")
+    }
+
+    /// Flotilla: logs in as `admin`, asking the live members in turn until `deadline`. Before a
+    /// leader exists Login is UNAVAILABLE (or held: see [`LOGIN_ATTEMPT`]); after, it is
+    /// UNAUTHENTICATED until the leader has created the user.
+    async fn login_admin(&mut self, deadline: Instant) -> Result<()> {
+        let mut next = 0;
+        loop {
+            self.check_alive()?;
+            let live = self.live();
+            if live.is_empty() {
+                bail!("no Flotilla member runs; cannot log in");
+            }
+            let i = live[next % live.len()];
+            next += 1;
+            let mut c = fpb::identity_service_client::IdentityServiceClient::new(channel(
+                &self.members[i].client_addr,
+            )?);
+            let mut req = tonic::Request::new(fpb::LoginRequest {
+                user: "admin".into(),
+                password: FLOTILLA_ADMIN_PASSWORD.into(),
+                project: String::new(),
+            });
+            req.set_timeout(LOGIN_ATTEMPT);
+            let (pause, seen) = match tokio::time::timeout(LOGIN_ATTEMPT, c.login(req)).await {
+                Ok(Ok(t)) => {
+                    self.flotilla_auth = Some(format!("Bearer {}", t.into_inner().token).parse()?);
+                    return Ok(());
+                }
+                Ok(Err(e))
+                    if matches!(
+                        e.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::ResourceExhausted
+                    ) =>
+                {
+                    (LOGIN_REFUSED_PAUSE, e.to_string())
+                }
+                Ok(Err(e)) => (Duration::from_millis(50), e.to_string()),
+                Err(_) => (
+                    Duration::ZERO,
+                    format!("no answer within {LOGIN_ATTEMPT:?}"),
+                ),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "could not log in as admin to the Flotilla cluster; last answer from {}: {seen}",
+                    self.members[i].name
+                );
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     /// The member that is leader now, asking every live member for its own view.
     pub async fn leader(&mut self) -> Result<Option<usize>> {
         match self.kind {
             Kind::Flotilla => {
+                let auth = self.flotilla_auth()?;
                 for i in self.live() {
                     let mut c = fpb::cluster_service_client::ClusterServiceClient::new(channel(
                         &self.members[i].client_addr,
                     )?);
                     let mut req = tonic::Request::new(fpb::GetMemberStatusRequest {});
-                    req.metadata_mut()
-                        .insert("authorization", format!("Bearer {FLOTILLA_TOKEN}").parse()?);
+                    req.metadata_mut().insert("authorization", auth.clone());
                     req.set_timeout(Duration::from_millis(500));
                     if let Ok(Ok(s)) =
                         tokio::time::timeout(Duration::from_millis(600), c.get_member_status(req))
@@ -318,9 +391,13 @@ impl Cluster {
         }
     }
 
-    /// Waits until all members run and one of them is the leader.
+    /// Waits until all members run and one of them is the leader. Flotilla: logs in as
+    /// `admin` first (once), since the member status needs a cluster admin.
     pub async fn wait_for_leader(&mut self, within: Duration) -> Result<usize> {
         let deadline = Instant::now() + within;
+        if self.kind == Kind::Flotilla && self.flotilla_auth.is_none() {
+            self.login_admin(deadline).await?;
+        }
         while Instant::now() < deadline {
             self.check_alive()?;
             if let Some(l) = self.leader().await? {

@@ -10,7 +10,7 @@ use flotilla_proto::v1 as fpb;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use crate::cluster::{channel, Cluster, Kind, FLOTILLA_TOKEN};
+use crate::cluster::{channel, Cluster, Kind};
 use crate::etcdpb;
 
 /// Where clients send their writes.
@@ -97,7 +97,7 @@ impl Api {
                             .collect()
                     })
                     .collect(),
-                auth: format!("Bearer {FLOTILLA_TOKEN}").parse()?,
+                auth: cluster.flotilla_auth()?,
             },
             Kind::Etcd => Stubs::Etcd {
                 clients: chans

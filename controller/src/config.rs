@@ -20,9 +20,20 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    #[error(
+        "config file {path}: `{key}` was removed: the cluster admin is now the `admin` user, \
+         which the leader creates while the cluster has no user, with the password from \
+         bootstrap_admin_password_file (or FLOTILLA_BOOTSTRAP_ADMIN_PASSWORD); delete `{key}` \
+         and log in with `flotilla login --user admin`"
+    )]
+    Removed { path: PathBuf, key: &'static str },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
+
+/// Keys that older releases accepted and this one refuses with [`ConfigError::Removed`] (rather
+/// than the generic unknown-key error), so an upgraded controller says what to do instead.
+const REMOVED_KEYS: [&str; 2] = ["bootstrap_admin_token", "bootstrap_admin_token_file"];
 
 /// One controller as the cluster knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,22 +115,49 @@ pub struct ControllerConfig {
     /// Start with an empty membership and wait to be added with `cluster add-member`.
     #[serde(default)]
     pub join: bool,
-    /// Token accepted as the cluster admin until identity exists.
-    #[serde(default)]
-    pub bootstrap_admin_token: Option<String>,
-    /// File holding the bootstrap admin token (first line), instead of `bootstrap_admin_token`.
-    #[serde(default)]
-    pub bootstrap_admin_token_file: Option<PathBuf>,
-    /// File holding the password (first line) of the `admin` user that the first leader of a
-    /// new cluster creates. Optional; the environment variable
-    /// `FLOTILLA_BOOTSTRAP_ADMIN_PASSWORD` is used when this is unset. Without either, no
-    /// `admin` user is created (the bootstrap admin token still works).
+    /// File holding the password (first line) of the `admin` user (cluster admin) that the
+    /// first leader creates while the cluster has no user; the environment variable
+    /// `FLOTILLA_BOOTSTRAP_ADMIN_PASSWORD` is used when this is unset. One of the two is
+    /// required on the first start of an initial member (no `join`, no Raft data yet): without
+    /// it nobody could ever act as admin. Once a user exists the password is not used again.
     #[serde(default)]
     pub bootstrap_admin_password_file: Option<PathBuf>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub raft: RaftTuning,
+    #[serde(default)]
+    pub images: ImageSettings,
+}
+
+/// The image service on this controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSettings {
+    /// Controllers (this one included) that must hold an upload's bytes before the image
+    /// becomes active. 0 = a majority of the members; the others copy it afterwards.
+    pub min_copies: usize,
+    /// Largest image accepted, in GiB.
+    pub max_image_gib: u64,
+    /// Unreferenced blobs younger than this are never collected (must exceed the time between
+    /// an upload finishing and its image being committed).
+    pub gc_grace_secs: u64,
+    /// How often unreferenced blobs are collected and missing ones fetched from peers.
+    pub maintenance_interval_secs: u64,
+    /// The qemu-img binary used to inspect uploads.
+    pub qemu_img: PathBuf,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            min_copies: 0,
+            max_image_gib: 64,
+            gc_grace_secs: 3600,
+            maintenance_interval_secs: 60,
+            qemu_img: PathBuf::from("qemu-img"),
+        }
+    }
 }
 
 /// Environment variable with the bootstrap `admin` user's password.
@@ -135,11 +173,11 @@ pub struct ValidConfig {
     pub peer_listen: SocketAddr,
     pub initial_members: Vec<MemberConfig>,
     pub join: bool,
-    pub admin_token: String,
-    /// Password of the `admin` user created on a new cluster, when configured.
+    /// Password of the `admin` user created while the cluster has no user, when configured.
     pub admin_password: Option<String>,
     pub tls: Option<TlsConfig>,
     pub raft: RaftTuning,
+    pub images: ImageSettings,
 }
 
 /// The first line of a secret file (token, password), without its line ending.
@@ -157,13 +195,29 @@ impl ControllerConfig {
             path: path.to_owned(),
             source,
         })?;
+        if let Ok(table) = text.parse::<toml::Table>() {
+            if let Some(key) = REMOVED_KEYS.into_iter().find(|k| table.contains_key(*k)) {
+                return Err(ConfigError::Removed {
+                    path: path.to_owned(),
+                    key,
+                });
+            }
+        }
         toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })
     }
 
+    /// Checks the file and reads the secrets it names; the bootstrap admin password falls back
+    /// to the environment variable [`ADMIN_PASSWORD_ENV`].
     pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        let env_password = std::env::var(ADMIN_PASSWORD_ENV).ok();
+        self.validate_with(env_password)
+    }
+
+    /// [`ControllerConfig::validate`] with the environment's password given.
+    fn validate_with(self, env_password: Option<String>) -> Result<ValidConfig, ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.id == 0 {
             return bad("id must be a non-zero integer".into());
@@ -200,26 +254,20 @@ impl ControllerConfig {
         if r.snapshot_interval == 0 {
             return bad("raft: snapshot_interval must be positive".into());
         }
-        let admin_token = match (
-            &self.bootstrap_admin_token,
-            &self.bootstrap_admin_token_file,
-        ) {
-            (Some(_), Some(_)) => {
-                return bad(
-                    "set bootstrap_admin_token or bootstrap_admin_token_file, not both".into(),
-                )
-            }
-            (Some(t), None) => t.trim().to_owned(),
-            (None, Some(p)) => first_line(p)?.trim().to_owned(),
-            (None, None) => return bad("bootstrap_admin_token (or _file) is required".into()),
-        };
-        if admin_token.len() < 16 {
-            return bad("the bootstrap admin token must be at least 16 characters".into());
-        }
         let admin_password = match &self.bootstrap_admin_password_file {
             Some(p) => Some(first_line(p)?),
-            None => std::env::var(ADMIN_PASSWORD_ENV).ok(),
+            None => env_password,
         };
+        // The Raft store (`<data_dir>/raft`) is created on the first start: without it, this is
+        // the first start of the node.
+        let first_start = !self.data_dir.join("raft").exists();
+        if admin_password.is_none() && first_start && !self.join {
+            return bad(format!(
+                "a new cluster needs the bootstrap admin password, or nobody could act as \
+                 admin: set bootstrap_admin_password_file (or {ADMIN_PASSWORD_ENV}) on every \
+                 initial member; the first leader creates the `admin` user with it"
+            ));
+        }
         if let Some(pw) = &admin_password {
             if pw.chars().count() < 8 {
                 return bad(format!(
@@ -227,6 +275,11 @@ impl ControllerConfig {
                      {ADMIN_PASSWORD_ENV}) must be at least 8 characters"
                 ));
             }
+        }
+        if self.images.max_image_gib == 0 || self.images.maintenance_interval_secs == 0 {
+            return bad(
+                "images: max_image_gib and maintenance_interval_secs must be positive".into(),
+            );
         }
         if let Some(tls) = &self.tls {
             for (what, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
@@ -246,10 +299,10 @@ impl ControllerConfig {
             peer_listen: self.peer_listen,
             initial_members: self.initial_members,
             join: self.join,
-            admin_token,
             admin_password,
             tls: self.tls,
             raft: self.raft,
+            images: self.images,
         })
     }
 }
@@ -258,20 +311,20 @@ impl ControllerConfig {
 mod tests {
     use super::*;
 
-    fn config(extra: &str) -> ControllerConfig {
+    /// A config of a one-member cluster with its data in `data_dir`.
+    fn config(data_dir: &Path, extra: &str) -> ControllerConfig {
         toml::from_str(&format!(
-            "id = 1\nname = \"c1\"\ndata_dir = \"/tmp/x\"\nclient_listen = \"127.0.0.1:1\"\n\
-             peer_listen = \"127.0.0.1:2\"\nbootstrap_admin_token = \"0123456789abcdef\"\n{extra}\n\
+            "id = 1\nname = \"c1\"\ndata_dir = {:?}\nclient_listen = \"127.0.0.1:1\"\n\
+             peer_listen = \"127.0.0.1:2\"\n{extra}\n\
              [[initial_members]]\nid = 1\nname = \"c1\"\nclient_address = \"a:1\"\n\
-             peer_address = \"a:2\"\n"
+             peer_address = \"a:2\"\n",
+            data_dir.display().to_string()
         ))
         .expect("parses")
     }
 
     #[test]
-    fn the_admin_password_is_optional_and_read_from_its_file() {
-        let plain = config("").validate().expect("valid without a password");
-        assert_eq!(plain.admin_token, "0123456789abcdef");
+    fn the_admin_password_comes_from_its_file_or_else_the_environment() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
         std::fs::write(&file, "long-enough-pw\nrest\n").unwrap();
@@ -279,10 +332,81 @@ mod tests {
             "bootstrap_admin_password_file = {:?}",
             file.display().to_string()
         );
-        let with = config(&line).validate().expect("valid");
+        let env = Some("from-the-environment".to_owned());
+        let with = config(dir.path(), &line)
+            .validate_with(env.clone())
+            .expect("valid");
         assert_eq!(with.admin_password.as_deref(), Some("long-enough-pw"));
+        let from_env = config(dir.path(), "").validate_with(env).expect("valid");
+        assert_eq!(
+            from_env.admin_password.as_deref(),
+            Some("from-the-environment")
+        );
         std::fs::write(&file, "short\n").unwrap();
-        let err = config(&line).validate().unwrap_err();
+        let err = config(dir.path(), &line).validate_with(None).unwrap_err();
         assert!(err.to_string().contains("at least 8 characters"), "{err}");
+        std::fs::remove_file(&file).unwrap();
+        let err = config(dir.path(), &line).validate_with(None).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Read { ref path, .. } if *path == file),
+            "a named password file must be readable: {err}"
+        );
+    }
+
+    #[test]
+    fn a_new_cluster_needs_the_admin_password_but_a_restart_or_a_joining_node_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = config(dir.path(), "").validate_with(None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a new cluster needs the bootstrap admin password"),
+            "{err}"
+        );
+        let joining = config(dir.path(), "join = true")
+            .validate_with(None)
+            .expect_err("join needs another member")
+            .to_string();
+        assert!(joining.contains("join = true needs"), "{joining}");
+        let mut join = config(dir.path(), "join = true");
+        join.initial_members[0].id = 2;
+        let joined = join.validate_with(None).expect("a joining node needs none");
+        assert_eq!(joined.admin_password, None);
+        std::fs::create_dir(dir.path().join("raft")).unwrap();
+        let restarted = config(dir.path(), "")
+            .validate_with(None)
+            .expect("a node with Raft data needs none");
+        assert_eq!(restarted.admin_password, None);
+    }
+
+    #[test]
+    fn the_example_config_parses_and_names_the_admin_password_file() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/controller.toml");
+        let example = ControllerConfig::load(&path).expect("the example parses");
+        assert_eq!(
+            example.bootstrap_admin_password_file.as_deref(),
+            Some(Path::new("/etc/flotilla/admin.password"))
+        );
+    }
+
+    #[test]
+    fn the_removed_bootstrap_token_options_are_refused_with_what_to_do_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        for key in REMOVED_KEYS {
+            let path = dir.path().join("controller.toml");
+            std::fs::write(
+                &path,
+                format!("id = 1\n{key} = \"/etc/flotilla/admin.token\"\n"),
+            )
+            .unwrap();
+            let err = ControllerConfig::load(&path).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, ConfigError::Removed { .. }), "{msg}");
+            assert!(
+                msg.contains(&format!("`{key}` was removed"))
+                    && msg.contains("bootstrap_admin_password_file")
+                    && msg.contains("flotilla login --user admin"),
+                "{msg}"
+            );
+        }
     }
 }

@@ -11,8 +11,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 use crate::api::auth::Authenticator;
-use crate::api::{self, Api, ClusterApi, EventApi, FlavorApi, IdentityApi, QuotaApi};
+use crate::api::{self, Api, ClusterApi, EventApi, FlavorApi, IdentityApi, ImageApi, QuotaApi};
 use crate::config::{TlsConfig, ValidConfig};
+use crate::images::peers::{BlobServer, GrpcBlobPeers};
+use crate::images::{BlobStore, ImageRuntime, Inspector};
 use crate::raft::grpc::{GrpcTransport, RaftServer};
 use crate::raft::node::NodeOptions;
 use crate::raft::Node;
@@ -70,6 +72,27 @@ impl api::PeerDirectory for GrpcPeers {
     }
 }
 
+/// The image machinery: blobs under `<data_dir>/images`, copied to peers over the peer
+/// listener.
+fn image_runtime(
+    config: &ValidConfig,
+    peer_tls: Option<ClientTlsConfig>,
+) -> anyhow::Result<ImageRuntime> {
+    let settings = &config.images;
+    let max_bytes = settings.max_image_gib.saturating_mul(1 << 30);
+    let store = BlobStore::open_with_limit(config.data_dir.join("images"), max_bytes)
+        .context("opening the image blob store")?;
+    let inspector = Inspector {
+        qemu_img: settings.qemu_img.clone(),
+        ..Inspector::default()
+    };
+    let peers = Arc::new(GrpcBlobPeers { tls: peer_tls });
+    let mut rt = ImageRuntime::new(store, inspector, peers, settings.min_copies, max_bytes);
+    rt.gc_grace = std::time::Duration::from_secs(settings.gc_grace_secs);
+    rt.maintenance_interval = std::time::Duration::from_secs(settings.maintenance_interval_secs);
+    Ok(rt)
+}
+
 pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
     let client_listener = tokio::net::TcpListener::bind(config.client_listen)
@@ -105,13 +128,23 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     let (node, thread) = Node::start(opts, transport.clone(), inbox_tx, inbox)?;
     transport.attach(node.clone());
 
-    let api = Api::new(node.clone(), Arc::new(GrpcPeers { tls: client_tls }));
+    let api = Api::new(
+        node.clone(),
+        Arc::new(GrpcPeers {
+            tls: client_tls.clone(),
+        }),
+    );
+    let images = ImageApi {
+        api: api.clone(),
+        runtime: Arc::new(image_runtime(&config, client_tls)?),
+    };
+    tokio::spawn(api::image_maintenance::run(images.clone()));
     if let Some(password) = config.admin_password.clone() {
         if !config.join {
             tokio::spawn(api::bootstrap_admin_when_leader(api.clone(), password));
         }
     }
-    let auth = Authenticator::new(&config.admin_token, node.clone());
+    let auth = Authenticator::new(node.clone());
     let intercept = move |req| auth.intercept(req);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -137,6 +170,7 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     use pb::event_service_server::EventServiceServer;
     use pb::flavor_service_server::FlavorServiceServer;
     use pb::identity_service_server::IdentityServiceServer;
+    use pb::image_service_server::ImageServiceServer;
     use pb::quota_service_server::QuotaServiceServer;
 
     let mut client_server = Server::builder()
@@ -152,7 +186,8 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
         .add_service(authed!(FlavorServiceServer, FlavorApi(api.clone())))
         .add_service(authed!(ClusterServiceServer, ClusterApi(api.clone())))
         .add_service(authed!(EventServiceServer, EventApi(api.clone())))
-        .add_service(authed!(QuotaServiceServer, QuotaApi(api.clone())));
+        .add_service(authed!(QuotaServiceServer, QuotaApi(api.clone())))
+        .add_service(authed!(ImageServiceServer, images.clone()));
     let client_router = crate::api::unimplemented::add_all(client_router, intercept.clone());
 
     let status_node = node.clone();
@@ -164,11 +199,19 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     if let Some(t) = &tls {
         peer_server = peer_server.tls_config(t.server_peer_listener.clone())?;
     }
-    let peer_router = peer_server.add_service(
-        pb::raft_service_server::RaftServiceServer::new(raft_server)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-    );
+    let blob_server = BlobServer {
+        store: images.runtime.blobs.clone(),
+    };
+    let peer_router = peer_server
+        .add_service(
+            pb::raft_service_server::RaftServiceServer::new(raft_server)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::blob_service_server::BlobServiceServer::new(blob_server)
+                .max_decoding_message_size(4 << 20),
+        );
 
     tracing::info!(
         id = config.id,

@@ -14,7 +14,7 @@ use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::flavor_service_client::FlavorServiceClient;
 use flotilla_proto::v1::identity_service_client::IdentityServiceClient;
 use flotilla_proto::v1::quota_service_client::QuotaServiceClient;
-use support::{authed, request_id, wait_for, with_token, Client, Cluster, Options};
+use support::{request_id, wait_for, with_token, Client, Cluster, Options};
 use tonic::{Code, Status};
 
 /// Start-up: processes start, elect a leader, apply the bootstrap membership.
@@ -28,7 +28,6 @@ const PROPAGATE: Duration = Duration::from_secs(10);
 /// Replicas catching up after the setup writes.
 const CONVERGE: Duration = Duration::from_secs(20);
 
-const ADMIN_PASSWORD: &str = "bootstrap-admin-password-42";
 const ALICE_PASSWORD: &str = "alice-password-1234";
 const BOB_PASSWORD: &str = "bob-password-5678";
 const ALL: [u64; 3] = [1, 2, 3];
@@ -139,34 +138,13 @@ async fn create_user(
 }
 
 async fn setup() -> Fixture {
-    let cluster = Cluster::start(Options {
-        admin_password: Some(ADMIN_PASSWORD.to_owned()),
-        ..Options::default()
-    });
+    let cluster = Cluster::start(Options::default());
+    // The first leader creates `admin` once it leads and the members are recorded; the harness
+    // logs in as `admin` (retrying until then) before it waits for the cluster to be ready.
+    cluster.login_admin(&ALL, BOOTSTRAP).await;
     cluster.wait_ready(&ALL, READY).await;
     let client = cluster.client();
-    // The first leader creates `admin` once it leads and the members are recorded. Polling
-    // Login itself would count every early attempt as a failed login of `admin` (and after
-    // five, throttle it for a minute), so wait for the user with the bootstrap token first.
-    let n1 = client.only(1);
-    wait_for(BOOTSTRAP, "the bootstrap admin user on n1", || async {
-        let req = pb::GetUserRequest {
-            user: "admin".into(),
-            stale: false,
-        };
-        n1.once(1, |ch| async move {
-            IdentityServiceClient::new(ch).get_user(authed(req)).await
-        })
-        .await
-        .map_err(|e| format!("{e:?}"))
-    })
-    .await;
-    let admin = login_ok(&client, 1, "admin", ADMIN_PASSWORD).await;
-    assert!(
-        admin.roles.iter().any(|r| r == "admin"),
-        "the bootstrap user is cluster admin: {admin:?}"
-    );
-    let admin = admin.token;
+    let admin = cluster.admin_token().to_owned();
     let team_a = create_project(&client, &admin, "team-a").await;
     let team_b = create_project(&client, &admin, "team-b").await;
     let alice = create_user(&client, &admin, "alice", ALICE_PASSWORD, &team_a, "member").await;
@@ -174,6 +152,17 @@ async fn setup() -> Fixture {
     // Tokens are checked against each controller's applied state: let every replica apply the
     // setup before tokens are used on followers.
     cluster.wait_converged(&ALL, CONVERGE).await;
+    for node in ALL {
+        let me = who_am_i(&client, node, &admin)
+            .await
+            .unwrap_or_else(|e| panic!("WhoAmI as admin at n{node}: {e:?}"));
+        assert_eq!(me.user_name, "admin", "at n{node}");
+        assert_eq!(
+            me.roles.first().map(String::as_str),
+            Some("admin"),
+            "the bootstrap user is cluster admin at n{node}: {me:?}"
+        );
+    }
     Fixture {
         cluster,
         client,

@@ -1,38 +1,37 @@
 //! Authentication of API requests: turns the bearer token into a [`Principal`].
 //!
-//! * the bootstrap admin token from the controller's config (compared in constant time) is the
-//!   cluster admin;
-//! * a `flt1.` token is verified against the signing keys in replicated state (signature,
-//!   expiry), then checked against the revocation list and the user's record, which must exist
-//!   and be enabled; the user's roles are read from state here, on every request.
+//! The only credential is a user token (`flt1.`, issued by `Login`): it is verified against the
+//! signing keys in replicated state (signature, expiry), then checked against the revocation
+//! list and the user's record, which must exist and be enabled; the user's roles are read from
+//! state here, on every request. There is no configured admin token: the cluster admin is the
+//! `admin` user the leader creates on a new cluster (see [`super::bootstrap_admin_when_leader`]).
 //!
 //! These checks read this controller's applied state (no ReadIndex): a revocation or a disabled
-//! user is seen by a follower as soon as it has applied the change.
+//! user is seen by a follower as soon as it has applied the change. The other way round, a
+//! controller that has not applied everything yet — just restarted and replaying its log, or
+//! joining and not yet sent a snapshot — may not know a valid token's signing key or user: it
+//! answers UNAVAILABLE then (retry, or ask another controller), not UNAUTHENTICATED.
 //!
 //! A request without credentials passes the interceptor with no principal, so `Login` works;
 //! every other handler asks for the principal and answers UNAUTHENTICATED without one.
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use tonic::{Request, Status};
 
 pub use super::authz::{Principal, TokenInfo};
+use super::token::TokenError;
 use super::{error, token};
 use crate::raft::NodeHandle;
 use crate::state::{Role, State};
 
 #[derive(Clone)]
 pub struct Authenticator {
-    admin_token: Arc<str>,
     node: NodeHandle,
 }
 
 impl Authenticator {
-    pub fn new(admin_token: &str, node: NodeHandle) -> Self {
-        Authenticator {
-            admin_token: admin_token.into(),
-            node,
-        }
+    pub fn new(node: NodeHandle) -> Self {
+        Authenticator { node }
     }
 
     /// A tonic interceptor: checks `authorization: Bearer <token>` when present and attaches
@@ -57,33 +56,75 @@ impl Authenticator {
     }
 
     fn resolve(&self, token: &str) -> Result<Principal, Status> {
-        if constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
-            return Ok(Principal::bootstrap_admin());
-        }
         if !token.starts_with(token::PREFIX) {
-            return Err(Status::unauthenticated("the token is not valid"));
+            // Most likely the configured bootstrap admin token of older releases.
+            return Err(Status::unauthenticated(format!(
+                "the token is not a Flotilla user token ({}…); log in with `flotilla login`",
+                token::PREFIX
+            )));
         }
         let state = self.node.state();
-        user_principal(&state, token, crate::server::now_ms())
+        check(&state, token, crate::server::now_ms()).map_err(|refusal| {
+            let catching_up = state.signing_keys().is_empty()
+                || self.node.status().commit_index > state.applied_index();
+            if refusal.may_be_lag() && catching_up {
+                Status::unavailable(
+                    "this controller is still catching up with the cluster (it just started or \
+                     is joining) and cannot check the token yet; retry, or ask another controller",
+                )
+            } else {
+                refusal.into()
+            }
+        })
+    }
+}
+
+/// Why a user token does not authenticate.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the token was revoked; log in again")]
+    Revoked,
+    #[error("the token's user no longer exists")]
+    UnknownUser,
+    #[error("user {0:?} is disabled; ask an admin to enable it")]
+    Disabled(String),
+}
+
+impl Refusal {
+    /// Whether a controller that has not applied the latest changes could refuse a valid token
+    /// this way (a new signing key or a new user it has not seen yet).
+    fn may_be_lag(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Token(TokenError::UnknownKey) | Refusal::UnknownUser
+        )
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(r: Refusal) -> Status {
+        match r {
+            Refusal::Token(e) => error::token(e),
+            other => Status::unauthenticated(other.to_string()),
+        }
     }
 }
 
 /// Resolves a user token against `state` at `now_ms`.
 pub fn user_principal(state: &State, token: &str, now_ms: i64) -> Result<Principal, Status> {
-    let claims = token::verify(token, state.signing_keys(), now_ms).map_err(error::token)?;
+    check(state, token, now_ms).map_err(Status::from)
+}
+
+fn check(state: &State, token: &str, now_ms: i64) -> Result<Principal, Refusal> {
+    let claims = token::verify(token, state.signing_keys(), now_ms)?;
     if state.is_revoked(&claims.tid) {
-        return Err(Status::unauthenticated(
-            "the token was revoked; log in again",
-        ));
+        return Err(Refusal::Revoked);
     }
-    let user = state
-        .user(&claims.uid)
-        .ok_or_else(|| Status::unauthenticated("the token's user no longer exists"))?;
+    let user = state.user(&claims.uid).ok_or(Refusal::UnknownUser)?;
     if !user.enabled {
-        return Err(Status::unauthenticated(format!(
-            "user {:?} is disabled; ask an admin to enable it",
-            user.name
-        )));
+        return Err(Refusal::Disabled(user.name.clone()));
     }
     let mut projects: BTreeMap<String, BTreeSet<Role>> = BTreeMap::new();
     let mut admin = false;
@@ -108,13 +149,6 @@ pub fn user_principal(state: &State, token: &str, now_ms: i64) -> Result<Princip
             expires_at_ms: claims.exp,
         }),
     })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The principal attached by [`Authenticator::intercept`].

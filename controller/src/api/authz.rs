@@ -9,7 +9,8 @@
 //! | WriteProject(P)                 | yes   | yes         | no          | no          |
 //! | ManageProjects, ManageUsers,    |       |             |             |             |
 //! | ManageFlavors, RotateKeys,      | yes   | no          | no          | no          |
-//! | ClusterAdmin, ManageQuotas      |       |             |             |             |
+//! | ClusterAdmin, ManageQuotas,     |       |             |             |             |
+//! | PublishImage                    |       |             |             |             |
 //! | ReadUser(u), ChangePassword(u)  | yes   | only u = self                             |
 //! | ReadFlavors, ReadEvents, WhoAmI,| yes   | yes         | yes         | yes         |
 //! | RevokeToken, ReadDefaultQuota   |       |             |             |             |
@@ -25,9 +26,9 @@ use crate::state::{Project, Role};
 /// Who made a request, resolved from state when the request arrived.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
-    /// User name, or "bootstrap-admin" for the config token; recorded as the event actor.
+    /// User name; recorded as the event actor.
     pub name: String,
-    /// Empty for the bootstrap admin.
+    /// The user's id (empty only for [`Principal::test_admin`]).
     pub user_id: String,
     /// Holds the cluster-wide admin role.
     pub admin: bool,
@@ -45,9 +46,13 @@ pub struct TokenInfo {
 }
 
 impl Principal {
-    pub fn bootstrap_admin() -> Principal {
+    /// A cluster admin backed by no user, for in-process tests that call handlers without
+    /// logging in. Requests over the network never get it: every principal they carry comes
+    /// from a user token (see [`super::auth`]).
+    #[cfg(test)]
+    pub fn test_admin() -> Principal {
         Principal {
-            name: "bootstrap-admin".into(),
+            name: "test-admin".into(),
             user_id: String::new(),
             admin: true,
             projects: BTreeMap::new(),
@@ -89,6 +94,8 @@ pub enum Action<'a> {
     /// Set project quotas and the default quota.
     ManageQuotas,
     ReadDefaultQuota,
+    /// Make an image public (visible to every project).
+    PublishImage,
 }
 
 impl Action<'_> {
@@ -109,6 +116,7 @@ impl Action<'_> {
             Action::RevokeToken => "revoking tokens",
             Action::ManageQuotas => "setting quotas",
             Action::ReadDefaultQuota => "reading the default quota",
+            Action::PublishImage => "making an image public",
         }
     }
 }
@@ -138,7 +146,8 @@ pub fn authorize(
         | Action::ManageFlavors
         | Action::RotateKeys
         | Action::ClusterAdmin
-        | Action::ManageQuotas => needs_admin(),
+        | Action::ManageQuotas
+        | Action::PublishImage => needs_admin(),
         Action::ReadFlavors
         | Action::ReadEvents
         | Action::WhoAmI
@@ -220,7 +229,7 @@ mod tests {
     fn the_action_table_holds_for_every_role() {
         let own = project("p1", true);
         let other = project("p2", true);
-        let admin = Principal::bootstrap_admin();
+        let admin = Principal::test_admin();
         let member = user("m", &[("p1", Role::Member)]);
         let reader = user("r", &[("p1", Role::Reader)]);
         let nobody = user("n", &[]);
@@ -263,7 +272,7 @@ mod tests {
         assert!(authorize(&me, Action::ReadUser { user_id: "u1" }, None).is_ok());
         assert!(authorize(&me, Action::ChangePassword { user_id: "u1" }, None).is_ok());
         assert!(authorize(&me, Action::ChangePassword { user_id: "u2" }, None).is_err());
-        let admin = Principal::bootstrap_admin();
+        let admin = Principal::test_admin();
         assert!(authorize(&admin, Action::ChangePassword { user_id: "" }, None).is_ok());
         let bootstrap_is_nobody = user("", &[]);
         assert!(authorize(&bootstrap_is_nobody, Action::ReadUser { user_id: "" }, None).is_err());
@@ -275,12 +284,7 @@ mod tests {
         let member = user("m", &[("p1", Role::Member)]);
         let err = authorize(&member, Action::ReadProject, Some(&off)).unwrap_err();
         assert!(err.to_string().contains("disabled"), "{err}");
-        assert!(authorize(
-            &Principal::bootstrap_admin(),
-            Action::WriteProject,
-            Some(&off)
-        )
-        .is_ok());
+        assert!(authorize(&Principal::test_admin(), Action::WriteProject, Some(&off)).is_ok());
     }
 
     #[test]

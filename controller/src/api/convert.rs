@@ -1,7 +1,10 @@
 //! Domain ↔ proto conversion.
 use flotilla_proto::v1 as pb;
 
-use crate::state::{Event, EventAction, Flavor, Member, Meta, Project, RoleAssignment, User};
+use crate::state::{
+    ContainerFormat, DiskFormat, Event, EventAction, Flavor, Image, ImageStatus, Member, Meta,
+    Project, RoleAssignment, User, Visibility,
+};
 
 pub fn meta(m: &Meta) -> pb::ResourceMeta {
     pb::ResourceMeta {
@@ -86,5 +89,53 @@ pub fn role_assignment(a: &RoleAssignment) -> pb::RoleAssignment {
         user_id: a.user_id.clone(),
         project_id: a.project_id.clone(),
         role: a.role.as_str().to_owned(),
+    }
+}
+
+pub fn image(i: &Image) -> pb::Image {
+    let disk_format = match i.disk_format {
+        DiskFormat::Qcow2 => pb::ImageDiskFormat::Qcow2,
+        DiskFormat::Raw => pb::ImageDiskFormat::Raw,
+        DiskFormat::Vmdk => pb::ImageDiskFormat::Vmdk,
+        DiskFormat::Vdi => pb::ImageDiskFormat::Vdi,
+        DiskFormat::Vhd => pb::ImageDiskFormat::Vhd,
+        DiskFormat::Vhdx => pb::ImageDiskFormat::Vhdx,
+        DiskFormat::Iso => pb::ImageDiskFormat::Iso,
+    };
+    let container_format = match i.container_format {
+        ContainerFormat::Bare => pb::ImageContainerFormat::Bare,
+        ContainerFormat::Ovf => pb::ImageContainerFormat::Ovf,
+        ContainerFormat::Ova => pb::ImageContainerFormat::Ova,
+    };
+    let visibility = match i.visibility {
+        Visibility::Public => pb::ImageVisibility::Public,
+        Visibility::Private => pb::ImageVisibility::Private,
+        Visibility::Shared => pb::ImageVisibility::Shared,
+    };
+    let status = match i.status {
+        ImageStatus::Queued => pb::ImageStatus::Queued,
+        ImageStatus::Saving => pb::ImageStatus::Saving,
+        ImageStatus::Active => pb::ImageStatus::Active,
+        ImageStatus::Killed => pb::ImageStatus::Killed,
+    };
+    pb::Image {
+        id: i.id.clone(),
+        name: i.name.clone(),
+        disk_format: disk_format as i32,
+        container_format: container_format as i32,
+        visibility: visibility as i32,
+        owner_project_id: i.owner_project_id.clone(),
+        shared_with: i.members.keys().cloned().collect(),
+        min_disk_gib: i.min_disk_gib,
+        min_ram_mib: i.min_ram_mib,
+        size_bytes: i.size_bytes,
+        virtual_size_bytes: i.virtual_size_bytes,
+        sha256: i.sha256.clone(),
+        md5: i.md5.clone(),
+        status: status as i32,
+        protected: i.protected,
+        properties: i.properties.clone().into_iter().collect(),
+        meta: Some(meta(&i.meta)),
+        status_reason: i.status_reason.clone(),
     }
 }

@@ -14,6 +14,7 @@ pub fn rejection(r: Rejection) -> Status {
         Rejection::AlreadyExists { .. } => Status::already_exists(msg),
         Rejection::Invalid(_) | Rejection::RequestIdReused { .. } => Status::invalid_argument(msg),
         Rejection::FailedPrecondition(_) => Status::failed_precondition(msg),
+        Rejection::QuotaExceeded(_) => Status::resource_exhausted(msg),
     }
 }
 

@@ -168,7 +168,7 @@ mod tests {
                     EventServiceServer::new(EventApi(api)),
                     |mut req: tonic::Request<()>| {
                         req.extensions_mut()
-                            .insert(crate::api::authz::Principal::bootstrap_admin());
+                            .insert(crate::api::authz::Principal::test_admin());
                         Ok(req)
                     },
                 ))

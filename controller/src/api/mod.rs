@@ -9,6 +9,9 @@ pub mod error;
 mod events;
 mod flavor;
 mod identity;
+mod image;
+pub mod image_maintenance;
+pub(crate) mod image_transfer;
 pub mod password;
 mod quota;
 #[cfg(test)]
@@ -27,6 +30,7 @@ pub use cluster::{member_status, ClusterApi, PeerDirectory};
 pub use events::EventApi;
 pub use flavor::FlavorApi;
 pub use identity::IdentityApi;
+pub use image::ImageApi;
 pub use quota::QuotaApi;
 pub use tokens::bootstrap_admin_when_leader;
 

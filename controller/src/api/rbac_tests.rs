@@ -11,15 +11,15 @@ use pb::flavor_service_server::FlavorService;
 use pb::identity_service_server::IdentityService;
 use tonic::{Code, Request, Status};
 
-use super::auth::Authenticator;
+use super::auth::{Authenticator, Principal};
 use super::{Api, ClusterApi, EventApi, FlavorApi, IdentityApi, PeerDirectory, QuotaApi};
 use crate::raft::harness::{fast_tuning, Cluster};
 use crate::state::Member;
 
 mod bootstrap;
+mod image;
 mod quota;
 
-const ADMIN_TOKEN: &str = "bootstrap-token-for-tests-0123456789";
 const PASSWORD: &str = "password-1";
 
 struct NoPeers;
@@ -39,7 +39,10 @@ struct World {
     clusters: ClusterApi,
     events: EventApi,
     quotas: QuotaApi,
+    images: super::ImageApi,
     counter: AtomicU32,
+    /// The controller's image blob store (deleted with the world).
+    _blob_dir: tempfile::TempDir,
 }
 
 /// Builds a request as the interceptor would pass it on.
@@ -63,15 +66,18 @@ impl World {
             .await;
         let node = cluster.node(1).expect("running").clone();
         let api = Api::new(node.clone(), Arc::new(NoPeers));
+        let blob_dir = tempfile::tempdir().expect("temp dir");
         World {
             cluster,
-            auth: Authenticator::new(ADMIN_TOKEN, node),
+            auth: Authenticator::new(node),
             identity: IdentityApi(api.clone()),
             flavors: FlavorApi(api.clone()),
             clusters: ClusterApi(api.clone()),
             events: EventApi(api.clone()),
-            quotas: QuotaApi(api),
+            quotas: QuotaApi(api.clone()),
+            images: image::image_api(api, &blob_dir),
             counter: AtomicU32::new(0),
+            _blob_dir: blob_dir,
         }
     }
 
@@ -79,8 +85,13 @@ impl World {
         req(&self.auth, token, msg)
     }
 
+    /// A request as the in-process test admin ([`Principal::test_admin`], attached the way
+    /// the interceptor attaches a principal): the world's setup acts as admin without a user,
+    /// so the `admin` user and project exist only where a test bootstraps them.
     fn admin<T>(&self, msg: T) -> Request<T> {
-        self.req(Some(ADMIN_TOKEN), msg).unwrap()
+        let mut r = Request::new(msg);
+        r.extensions_mut().insert(Principal::test_admin());
+        r
     }
 
     fn fresh(&self, prefix: &str) -> String {
@@ -166,6 +177,7 @@ impl World {
         }
         self.set_enabled("disabled", false).await;
         tokens.push(("anonymous", None));
+        self.populate_images().await;
         tokens
     }
 }
@@ -178,6 +190,33 @@ enum Rule {
     Any,
     /// Admins, and users holding a role in the target project.
     ReadOwn,
+    /// Admins, and members of the target project.
+    WriteOwn,
+    /// An image of the target project: admins and its project's users read it; it is hidden
+    /// (NOT_FOUND) from everyone else.
+    ImageRead,
+    /// As `ImageRead`, and only admins and members change it (readers: PERMISSION_DENIED).
+    ImageWrite,
+    /// Making an image public: admins only (hidden images stay NOT_FOUND).
+    ImagePublish,
+}
+
+/// What a call by `who` on `t` under `rule` must return: `None` = success.
+fn expected(rule: Rule, who: &str, t: Target) -> Option<Code> {
+    let in_project = matches!(who, "member" | "reader") && t == Target::Own;
+    match (who, rule) {
+        ("disabled" | "anonymous", _) => Some(Code::Unauthenticated),
+        ("boss", _) | (_, Rule::Any) => None,
+        (_, Rule::ReadOwn) if in_project => None,
+        (_, Rule::WriteOwn) if in_project && who == "member" => None,
+        (_, Rule::Admin | Rule::ReadOwn | Rule::WriteOwn) => Some(Code::PermissionDenied),
+        (_, Rule::ImageRead | Rule::ImageWrite | Rule::ImagePublish) if !in_project => {
+            Some(Code::NotFound)
+        }
+        (_, Rule::ImageRead) => None,
+        ("member", Rule::ImageWrite) => None,
+        (_, Rule::ImageWrite | Rule::ImagePublish) => Some(Code::PermissionDenied),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -235,6 +274,18 @@ enum Rpc {
     SetQuota,
     GetDefaultQuota,
     SetDefaultQuota,
+    CreateImage,
+    GetImage,
+    ListImages,
+    UpdateImage,
+    /// UpdateImage to public visibility.
+    PublishImage,
+    DeleteImage,
+    UploadImage,
+    DownloadImage,
+    AddImageMember,
+    RemoveImageMember,
+    ListImageMembers,
 }
 
 impl World {
@@ -481,6 +532,19 @@ impl World {
                 let r = pb::WatchEventsRequest::default();
                 drop(self.events.watch_events(self.req(token, r)?).await?);
             }
+            Rpc::CreateImage
+            | Rpc::GetImage
+            | Rpc::ListImages
+            | Rpc::UpdateImage
+            | Rpc::PublishImage
+            | Rpc::DeleteImage
+            | Rpc::UploadImage
+            | Rpc::DownloadImage
+            | Rpc::AddImageMember
+            | Rpc::RemoveImageMember
+            | Rpc::ListImageMembers => {
+                self.call_image(rpc, token, t).await?;
+            }
             Rpc::GetQuota | Rpc::SetQuota | Rpc::GetDefaultQuota | Rpc::SetDefaultQuota => {
                 self.call_quota(rpc, token, project).await?;
             }
@@ -503,7 +567,13 @@ fn rule(rpc: Rpc) -> (Rule, &'static [Target]) {
         | GetMemberStatus | ListMembers | AddMember | RemoveMember | TransferLeader
         | SetDefaultQuota => (Rule::Admin, NONE),
         ListProjects | GetUserSelf | ListUsers | SetPasswordSelf | RevokeToken | WhoAmI
-        | GetFlavor | ListFlavors | WatchEvents | GetDefaultQuota => (Rule::Any, NONE),
+        | GetFlavor | ListFlavors | WatchEvents | GetDefaultQuota | ListImages => (Rule::Any, NONE),
+        CreateImage => (Rule::WriteOwn, BOTH),
+        GetImage | DownloadImage | ListImageMembers => (Rule::ImageRead, BOTH),
+        UpdateImage | DeleteImage | UploadImage | AddImageMember | RemoveImageMember => {
+            (Rule::ImageWrite, BOTH)
+        }
+        PublishImage => (Rule::ImagePublish, BOTH),
     }
 }
 
@@ -545,6 +615,17 @@ const ALL: &[Rpc] = &[
     Rpc::SetQuota,
     Rpc::GetDefaultQuota,
     Rpc::SetDefaultQuota,
+    Rpc::CreateImage,
+    Rpc::GetImage,
+    Rpc::ListImages,
+    Rpc::UpdateImage,
+    Rpc::PublishImage,
+    Rpc::DeleteImage,
+    Rpc::UploadImage,
+    Rpc::DownloadImage,
+    Rpc::AddImageMember,
+    Rpc::RemoveImageMember,
+    Rpc::ListImageMembers,
 ];
 
 /// Calls whose allowed form is deliberately invalid (see [`World::call`]).
@@ -565,13 +646,7 @@ async fn every_rpc_allows_and_denies_by_role_and_project() {
         for &t in targets {
             for (who, token) in &principals {
                 let got = w.call(rpc, who, token.as_deref(), t).await;
-                let expected = match *who {
-                    "disabled" | "anonymous" => Some(Code::Unauthenticated),
-                    "boss" => None,
-                    "member" | "reader" if rule == Rule::ReadOwn && t == Target::Own => None,
-                    _ if rule == Rule::Any => None,
-                    _ => Some(Code::PermissionDenied),
-                };
+                let expected = expected(rule, who, t);
                 let ok = match (&got, expected) {
                     (Ok(()), None) => true,
                     (Err(e), None) => {
@@ -609,7 +684,7 @@ async fn users_see_only_their_projects_users_and_assignments() {
             .and_then(|(_, t)| t.clone())
     };
     for (who, expected) in [
-        ("boss", vec!["other", "own"]),
+        ("boss", vec!["other", "outsider", "own"]),
         ("member", vec!["own"]),
         ("reader", vec!["own"]),
         ("norole", vec![]),

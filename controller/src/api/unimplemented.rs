@@ -9,7 +9,6 @@ use tonic::transport::server::Router;
 #[derive(Clone, Copy, Default)]
 pub struct NotYetImplemented;
 
-impl pb::image_service_server::ImageService for NotYetImplemented {}
 impl pb::server_service_server::ServerService for NotYetImplemented {}
 impl pb::server_group_service_server::ServerGroupService for NotYetImplemented {}
 impl pb::host_service_server::HostService for NotYetImplemented {}
@@ -23,10 +22,6 @@ where
 {
     let s = NotYetImplemented;
     router
-        .add_service(InterceptedService::new(
-            pb::image_service_server::ImageServiceServer::new(s),
-            intercept.clone(),
-        ))
         .add_service(InterceptedService::new(
             pb::server_service_server::ServerServiceServer::new(s),
             intercept.clone(),
@@ -109,7 +104,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pb::image_service_client::ImageServiceClient;
+    use pb::server_service_client::ServerServiceClient;
     use tonic::transport::Server;
 
     #[tokio::test]
@@ -117,22 +112,22 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = Server::builder().layer(NameUnimplementedLayer).add_service(
-            pb::image_service_server::ImageServiceServer::new(NotYetImplemented),
+            pb::server_service_server::ServerServiceServer::new(NotYetImplemented),
         );
         let server = tokio::spawn(
             router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        let mut client = ImageServiceClient::connect(format!("http://{addr}"))
+        let mut client = ServerServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
         let err = client
-            .get_image(pb::GetImageRequest::default())
+            .get_server(pb::GetServerRequest::default())
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unimplemented);
         assert_eq!(
             err.message(),
-            "flotilla.v1.ImageService.GetImage is not implemented in this release of Flotilla yet"
+            "flotilla.v1.ServerService.GetServer is not implemented in this release of Flotilla yet"
         );
         server.abort();
     }

@@ -192,6 +192,12 @@ impl BlobStore {
             .join(sha256)
     }
 
+    /// The file of a published blob, for tools that need a path (qemu-img). The blob must not
+    /// be modified through it.
+    pub fn path_of(&self, sha256: &str) -> Result<PathBuf, BlobError> {
+        Ok(self.blob_path(&normalize_digest(sha256, "sha256", 64)?))
+    }
+
     pub fn contains(&self, sha256: &str) -> Result<bool, BlobError> {
         let path = self.blob_path(&normalize_digest(sha256, "sha256", 64)?);
         match fs::symlink_metadata(&path) {

@@ -17,7 +17,6 @@
 //! qemu-img runs with a timeout (killed when it expires) and a cap on how much output is read.
 //! The path handed to it is made absolute, so it is never mistaken for a protocol
 //! (`json:{…}`, `nbd:…`).
-use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,61 +32,7 @@ const MAX_OUTPUT: u64 = 4 << 20;
 /// How much of the file the descriptor check reads (qemu's probe buffer is 2 KiB).
 const PROBE_BYTES: usize = 2048;
 
-/// The disk formats an image may be declared with (`ImageDiskFormat` in image.proto).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DiskFormat {
-    Qcow2,
-    Raw,
-    Vmdk,
-    Vdi,
-    Vhd,
-    Vhdx,
-    Iso,
-}
-
-impl DiskFormat {
-    /// The user-facing name (as in the API and CLI).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Qcow2 => "qcow2",
-            Self::Raw => "raw",
-            Self::Vmdk => "vmdk",
-            Self::Vdi => "vdi",
-            Self::Vhd => "vhd",
-            Self::Vhdx => "vhdx",
-            Self::Iso => "iso",
-        }
-    }
-
-    /// The format name qemu-img reports for images of this format.
-    pub fn qemu_name(self) -> &'static str {
-        match self {
-            Self::Vhd => "vpc",
-            // qemu has no ISO driver: ISO 9660 images are probed as raw.
-            Self::Iso => "raw",
-            other => other.name(),
-        }
-    }
-
-    /// The declared format to suggest for a probed qemu format, if Flotilla accepts it.
-    pub fn from_qemu_name(probed: &str) -> Option<Self> {
-        Some(match probed {
-            "qcow2" => Self::Qcow2,
-            "raw" => Self::Raw,
-            "vmdk" => Self::Vmdk,
-            "vdi" => Self::Vdi,
-            "vpc" => Self::Vhd,
-            "vhdx" => Self::Vhdx,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for DiskFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::state::DiskFormat;
 
 /// What qemu-img reports about an image, reduced to what the checks and the API need.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -12,6 +12,10 @@
 //! `tokio::task::spawn_blocking`.
 pub mod blobs;
 pub mod inspect;
+pub mod peers;
+pub mod runtime;
+pub mod stream;
 
 pub use blobs::{BlobError, BlobInfo, BlobStore, BlobWriter, Expected, GcReport};
 pub use inspect::{check, DiskFormat, ImageFacts, InspectError, Inspector, UnsafeImage};
+pub use runtime::ImageRuntime;

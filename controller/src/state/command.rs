@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::images::{ImageChanges, ImageSpec, UploadResult};
 use super::model::{Member, Role};
 use super::quota::{Amounts, Resource};
 
@@ -20,7 +21,7 @@ pub const FORMAT_VERSION: u8 = 1;
 pub struct Envelope {
     /// Client request id for deduplication (I4); empty disables it.
     pub request_id: String,
-    /// Who asked (user name or "bootstrap-admin").
+    /// Who asked (a user name, or `controller-<id>` for work a controller does by itself).
     pub actor: String,
     /// Leader-stamped wall clock, ms since the Unix epoch.
     pub time_ms: i64,
@@ -141,6 +142,36 @@ pub enum Command {
     SetDefaultQuota {
         changes: Amounts,
     },
+    CreateImage(ImageSpec),
+    UpdateImage {
+        image_id: String,
+        changes: ImageChanges,
+    },
+    DeleteImage {
+        image_id: String,
+    },
+    AddImageMember {
+        image_id: String,
+        /// Id or name.
+        project: String,
+    },
+    RemoveImageMember {
+        image_id: String,
+        project: String,
+    },
+    /// A controller starts receiving an image's bytes. `size_hint` (0 = unknown) lets the
+    /// image storage quota refuse early.
+    BeginImageUpload {
+        image_id: String,
+        upload_id: String,
+        controller_id: u64,
+        size_hint: u64,
+    },
+    FinishImageUpload {
+        image_id: String,
+        upload_id: String,
+        result: UploadResult,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,6 +212,13 @@ impl Command {
             Command::BootstrapAdmin { .. } => "bootstrap_admin",
             Command::SetQuota { .. } => "set_quota",
             Command::SetDefaultQuota { .. } => "set_default_quota",
+            Command::CreateImage(_) => "create_image",
+            Command::UpdateImage { .. } => "update_image",
+            Command::DeleteImage { .. } => "delete_image",
+            Command::AddImageMember { .. } => "add_image_member",
+            Command::RemoveImageMember { .. } => "remove_image_member",
+            Command::BeginImageUpload { .. } => "begin_image_upload",
+            Command::FinishImageUpload { .. } => "finish_image_upload",
         }
     }
 }

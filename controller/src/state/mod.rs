@@ -7,6 +7,7 @@
 mod command;
 mod flavors;
 mod identity;
+mod images;
 mod model;
 mod outcome;
 mod projects;
@@ -20,6 +21,10 @@ use sha2::{Digest, Sha256};
 
 pub use command::{Command, DecodeError, Envelope, FlavorSpec, FORMAT_VERSION};
 pub use identity::{MAX_SIGNING_KEYS, MAX_TOKEN_LIFETIME_MS};
+pub use images::{
+    ContainerFormat, DiskFormat, Image, ImageChanges, ImageSpec, ImageStatus, ImageUpload,
+    UploadResult, Visibility,
+};
 pub use model::{
     Event, EventAction, Flavor, Member, Meta, Project, Role, RoleAssignment, SigningKey, User,
 };
@@ -29,8 +34,8 @@ pub use quota::{
     ResourceDelta, UNLIMITED,
 };
 
-/// Format of encoded snapshots of [`State`]. 2: identity and quotas were added.
-pub const STATE_FORMAT_VERSION: u8 = 2;
+/// Format of encoded snapshots of [`State`]. 2: identity and quotas were added. 3: images.
+pub const STATE_FORMAT_VERSION: u8 = 3;
 
 /// Events kept for watchers that resume from an old revision.
 pub const EVENT_RETENTION: usize = 20_000;
@@ -53,7 +58,8 @@ struct Remembered {
 enum RememberedOutcome {
     Project(String),
     Flavor(String),
-    Other(Outcome),
+    Image(String),
+    Other(Box<Outcome>),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,8 +88,9 @@ pub struct State {
     quota_overrides: BTreeMap<String, quota::Amounts>,
     /// Default limits changed from the built-in ones.
     default_quota: quota::Amounts,
-    /// Project id → amounts allocated (nothing allocates yet).
+    /// Project id → amounts allocated.
     quota_usage: BTreeMap<String, quota::Amounts>,
+    images: BTreeMap<String, Image>,
     // Derived lookups, rebuilt after decoding and never encoded.
     #[serde(skip)]
     project_names: BTreeMap<String, String>,
@@ -144,6 +151,13 @@ impl State {
             | Command::RevokeToken { .. }
             | Command::BootstrapAdmin { .. } => self.apply_identity(revision, env),
             Command::SetQuota { .. } | Command::SetDefaultQuota { .. } => self.apply_quota(env),
+            Command::CreateImage(_)
+            | Command::UpdateImage { .. }
+            | Command::DeleteImage { .. }
+            | Command::AddImageMember { .. }
+            | Command::RemoveImageMember { .. }
+            | Command::BeginImageUpload { .. }
+            | Command::FinishImageUpload { .. } => self.apply_image(revision, env),
         };
         let outcome = match result {
             Ok((outcome, Some(change))) => {
@@ -221,7 +235,12 @@ impl State {
                 .get(id)
                 .map(|f| Outcome::Flavor(f.clone()))
                 .unwrap_or_else(|| gone("flavor", id)),
-            RememberedOutcome::Other(o) => o.clone(),
+            RememberedOutcome::Image(id) => self
+                .images
+                .get(id)
+                .map(|i| Outcome::Image(i.clone()))
+                .unwrap_or_else(|| gone("image", id)),
+            RememberedOutcome::Other(o) => (**o).clone(),
         }
     }
 
@@ -234,7 +253,8 @@ impl State {
                 outcome: match outcome {
                     Outcome::Project(p) => RememberedOutcome::Project(p.id.clone()),
                     Outcome::Flavor(f) => RememberedOutcome::Flavor(f.id.clone()),
-                    other => RememberedOutcome::Other(other.clone()),
+                    Outcome::Image(i) => RememberedOutcome::Image(i.id.clone()),
+                    other => RememberedOutcome::Other(Box::new(other.clone())),
                 },
             },
         );
@@ -356,6 +376,8 @@ impl State {
 
 #[cfg(test)]
 mod identity_tests;
+#[cfg(test)]
+mod image_tests;
 /// Values of an id-keyed map after `after` (exclusive; empty = from the start): one page of a
 /// List RPC, whose page token is the last id returned.
 pub(crate) fn page_after<'a, V>(

@@ -1,6 +1,7 @@
 //! What `apply` returns. A business rejection is a value (I2), never a panic or transport error.
 use serde::{Deserialize, Serialize};
 
+use super::images::Image;
 use super::model::{Flavor, Member, Project, RoleAssignment, User};
 use super::quota::{Amounts, ProjectQuota};
 
@@ -17,6 +18,7 @@ pub enum Outcome {
     RoleAssignment(RoleAssignment),
     Quota(ProjectQuota),
     DefaultQuota(Amounts),
+    Image(Image),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -37,6 +39,8 @@ pub enum Rejection {
         request_id: String,
         previous: String,
     },
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 impl Rejection {

@@ -101,8 +101,16 @@ impl State {
                         found.name
                     )));
                 }
+                let images = self.project_owns_images(&found.id);
+                if images > 0 {
+                    return Err(Rejection::FailedPrecondition(format!(
+                        "project {:?} still owns {images} image(s); delete them first",
+                        found.name
+                    )));
+                }
                 self.projects.remove(&found.id);
                 self.project_names.remove(&found.name);
+                self.forget_project_in_images(&found.id);
                 for flavor in self.flavors.values_mut() {
                     flavor.access_project_ids.remove(&found.id);
                 }

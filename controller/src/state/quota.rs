@@ -1,9 +1,8 @@
 //! Quotas: per-project limits stored as overrides over cluster-wide defaults, per-project usage,
 //! and the pure admission check.
 //!
-//! Nothing consumes quota yet (servers and images come later), so usage is all zero. When an
-//! allocation is built, [`admit`] must be called inside the same `apply` that records the usage
-//! (I3): checking in the API and recording later would let two concurrent requests both pass.
+//! Allocations call [`State::charge`] inside the same `apply` that records the resource (I3):
+//! checking in the API and recording later would let two concurrent requests both pass.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -219,6 +218,48 @@ impl State {
             }
             _ => unreachable!("apply_quota called with a non-quota command"),
         }
+    }
+
+    /// Admits `request` for the project and records it as used, or changes nothing.
+    pub(super) fn charge(
+        &mut self,
+        project_id: &str,
+        request: &ResourceDelta,
+    ) -> Result<(), QuotaExceeded> {
+        self.admits(project_id, request)?;
+        let usage = self.quota_usage.entry(project_id.to_owned()).or_default();
+        for (&r, &amount) in request {
+            *usage.entry(r).or_insert(0) += amount;
+        }
+        usage.retain(|_, v| *v != 0);
+        if usage.is_empty() {
+            self.quota_usage.remove(project_id);
+        }
+        Ok(())
+    }
+
+    /// Gives back what an allocation used (amounts are negated if positive).
+    pub(super) fn release(&mut self, project_id: &str, used: &ResourceDelta) {
+        let negated: ResourceDelta = used.iter().map(|(&r, &v)| (r, -v.abs())).collect();
+        self.charge(project_id, &negated)
+            .expect("releases always fit");
+    }
+
+    /// Whether `request` would fit the project's quota now (charges nothing).
+    pub(super) fn check_quota(
+        &self,
+        project_id: &str,
+        request: &ResourceDelta,
+    ) -> Result<(), Rejection> {
+        self.admits(project_id, request)
+            .map_err(|e| Rejection::QuotaExceeded(e.to_string()))
+    }
+
+    fn admits(&self, project_id: &str, request: &ResourceDelta) -> Result<(), QuotaExceeded> {
+        let quota = self.project_quota(project_id);
+        let limits: Amounts = quota.items.iter().map(|(&r, i)| (r, i.limit)).collect();
+        let usage: Amounts = quota.items.iter().map(|(&r, i)| (r, i.in_use)).collect();
+        admit(&limits, &usage, request)
     }
 
     /// Drops a deleted project's quota overrides and usage.

@@ -5,6 +5,11 @@
 //!   pid) and then deletes the directory, so a failing test cleans up too. When the drop happens
 //!   during a panic, the tail of every controller's log is printed first (libtest shows it with
 //!   the failure).
+//! * Every cluster is created with an `admin` password ([`ADMIN_PASSWORD`] by default): the
+//!   first leader creates the `admin` user with it, and that user is the only way to act as
+//!   cluster admin. [`Cluster::login_admin`] (also the first step of [`Cluster::wait_ready`])
+//!   logs in as `admin`, retrying until the user exists, and keeps the token for the harness and
+//!   its clients ([`Cluster::authed`], [`Client::authed`]).
 //! * [`Client`] is what an SDK user would write: it knows every controller's address, sends the
 //!   bearer token, bounds every attempt with a short deadline, follows the `x-flotilla-leader`
 //!   hint on UNAVAILABLE and otherwise tries the next controller, with the SAME request (and so
@@ -24,7 +29,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use flotilla_proto::v1 as pb;
@@ -35,14 +40,27 @@ use tonic::{Code, Request, Response, Status};
 
 /// The controller binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla-controller");
-/// The bootstrap admin token every test cluster is configured with.
-pub const TOKEN: &str = "process-test-admin-token-0123456789";
+/// The password of the bootstrap `admin` user, unless [`Options::admin_password`] says otherwise.
+pub const ADMIN_PASSWORD: &str = "process-test-admin-password-42";
+/// The user the first leader creates.
+pub const ADMIN_USER: &str = "admin";
+/// The project the first leader creates with the `admin` user (every cluster has it).
+pub const ADMIN_PROJECT: &str = "admin";
 /// How often [`wait_for`] re-checks its condition.
 const POLL: Duration = Duration::from_millis(25);
 /// Pause between two attempts of one client call (after UNAVAILABLE or a connection error).
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// Deadline of one status RPC made by the harness itself.
 const STATUS_RPC: Duration = Duration::from_secs(3);
+/// Deadline of one Login attempt made by the harness. Login starts with a linearizable read,
+/// which a controller that knows no leader yet holds until its proposal timeout (5 s): give up
+/// sooner and ask the next node. Argon2 verification takes well under this (~0.1 s).
+const LOGIN_RPC: Duration = Duration::from_secs(1);
+/// Pause after a refused Login while the `admin` user may not exist yet. Each refusal counts
+/// towards the controller's login throttle (5 per user name and minute); with this pause and
+/// the attempts spread over the nodes, a 3-node cluster allows ~4 s between the first leader
+/// answering and the user existing before every node throttles `admin`.
+const LOGIN_RETRY: Duration = Duration::from_millis(300);
 
 /// Serialises the process tests of a test binary (see the module doc). Hold the guard for the
 /// whole test.
@@ -71,11 +89,7 @@ where
     }
 }
 
-/// `authorization: Bearer <TOKEN>` on a request.
-pub fn authed<T>(msg: T) -> Request<T> {
-    with_token(msg, TOKEN)
-}
-
+/// `authorization: Bearer <token>` on a request.
 pub fn with_token<T>(msg: T, token: &str) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut().insert(
@@ -99,9 +113,11 @@ pub struct Options {
     pub log_retention: Option<u64>,
     /// Issue certificates with `gen-certs` and configure `[tls]` on every node.
     pub tls: bool,
-    /// Write this password to a file and set `bootstrap_admin_password_file` on every node, so
-    /// the first leader creates the `admin` user with it.
-    pub admin_password: Option<String>,
+    /// Written to a file named by `bootstrap_admin_password_file` on every node, so the first
+    /// leader creates the `admin` user with it.
+    pub admin_password: String,
+    /// Appended to every node's config (after the `[raft]` table), e.g. an `[images]` table.
+    pub extra_toml: String,
 }
 
 impl Default for Options {
@@ -111,7 +127,8 @@ impl Default for Options {
             snapshot_interval: None,
             log_retention: None,
             tls: false,
-            admin_password: None,
+            admin_password: ADMIN_PASSWORD.to_owned(),
+            extra_toml: String::new(),
         }
     }
 }
@@ -186,6 +203,8 @@ pub struct Cluster {
     nodes: BTreeMap<u64, Arc<Node>>,
     opts: Options,
     tls: Option<TlsFiles>,
+    /// The `admin` user's token, once [`Cluster::login_admin`] got it; shared with the clients.
+    admin_token: Arc<OnceLock<String>>,
     /// Last field: deleted after `Drop::drop` has killed the processes.
     dir: tempfile::TempDir,
 }
@@ -218,6 +237,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             opts: opts.clone(),
             tls,
+            admin_token: Arc::default(),
             dir,
         };
         for id in 1..=opts.nodes {
@@ -277,24 +297,19 @@ impl Cluster {
     }
 
     fn write_config(&self, n: &Node, join: bool, members: &str) {
+        let password_file = n.config.with_file_name("admin-password");
+        fs::write(&password_file, format!("{}\n", self.opts.admin_password))
+            .expect("write admin password file");
         let mut toml = format!(
             "id = {}\nname = \"{}\"\ndata_dir = \"{}\"\nclient_listen = \"{}\"\npeer_listen = \"{}\"\n\
-             bootstrap_admin_token = \"{TOKEN}\"\njoin = {join}\n\n",
+             bootstrap_admin_password_file = \"{}\"\njoin = {join}\n\n",
             n.id,
             n.name,
             n.data_dir.display(),
             n.client_address,
-            n.peer_address
+            n.peer_address,
+            password_file.display()
         );
-        if let Some(pw) = &self.opts.admin_password {
-            let file = n.config.with_file_name("admin-password");
-            fs::write(&file, format!("{pw}\n")).expect("write admin password file");
-            let _ = write!(
-                toml,
-                "bootstrap_admin_password_file = \"{}\"\n\n",
-                file.display()
-            );
-        }
         toml.push_str(members);
         if let Some(tls) = &self.tls {
             let _ = write!(
@@ -312,6 +327,8 @@ impl Cluster {
         if let Some(v) = self.opts.log_retention {
             let _ = writeln!(toml, "log_retention = {v}");
         }
+        toml.push('\n');
+        toml.push_str(&self.opts.extra_toml);
         fs::write(&n.config, toml).expect("write controller config");
     }
 
@@ -437,6 +454,7 @@ impl Cluster {
             ),
             next: Arc::new(AtomicUsize::new(0)),
             attempt_timeout: Duration::from_secs(2),
+            admin_token: self.admin_token.clone(),
         }
     }
 
@@ -457,6 +475,7 @@ impl Cluster {
             ),
             next: Arc::new(AtomicUsize::new(0)),
             attempt_timeout: Duration::from_secs(2),
+            admin_token: self.admin_token.clone(),
         }
     }
 
@@ -473,10 +492,9 @@ impl Cluster {
     /// This node's own status (GetMemberStatus), one attempt.
     pub async fn member_status(&self, id: u64) -> Result<pb::MemberStatus, Status> {
         let ch = self.node(id).channel.clone();
+        let req = self.authed(pb::GetMemberStatusRequest {});
         deadline(STATUS_RPC, async move {
-            ClusterServiceClient::new(ch)
-                .get_member_status(authed(pb::GetMemberStatusRequest {}))
-                .await
+            ClusterServiceClient::new(ch).get_member_status(req).await
         })
         .await
         .map(Response::into_inner)
@@ -485,18 +503,91 @@ impl Cluster {
     /// The cluster status as node `id` sees it (GetClusterStatus), one attempt.
     pub async fn cluster_status(&self, id: u64) -> Result<pb::ClusterStatus, Status> {
         let ch = self.node(id).channel.clone();
+        let req = self.authed(pb::GetClusterStatusRequest {});
         deadline(STATUS_RPC, async move {
-            ClusterServiceClient::new(ch)
-                .get_cluster_status(authed(pb::GetClusterStatusRequest {}))
-                .await
+            ClusterServiceClient::new(ch).get_cluster_status(req).await
         })
         .await
         .map(Response::into_inner)
     }
 
-    /// Waits until every node in `ids` runs, agrees on one leader, and lists exactly `ids` as
-    /// members (so the bootstrap membership is applied everywhere). Returns the leader's id.
+    /// Logs in as `admin` at the nodes in `ids` (unless already logged in) and keeps the token
+    /// for [`Cluster::authed`] and the clients. Retries until `within` while the nodes have no
+    /// leader (UNAVAILABLE) or the leader has not created the user yet (UNAUTHENTICATED, paced
+    /// by [`LOGIN_RETRY`] because those count towards the login throttle).
+    pub async fn login_admin(&self, ids: &[u64], within: Duration) -> &str {
+        if let Some(token) = self.admin_token.get() {
+            return token;
+        }
+        let client = self.client_of(ids).with_attempt_timeout(LOGIN_RPC);
+        let req = pb::LoginRequest {
+            user: ADMIN_USER.to_owned(),
+            password: self.opts.admin_password.clone(),
+            project: String::new(),
+        };
+        let started = Instant::now();
+        let deadline_at = started + within;
+        let mut next = 0;
+        let mut refused = 0;
+        loop {
+            self.assert_alive();
+            let node = ids[next % ids.len()];
+            next += 1;
+            let req = req.clone();
+            let seen = match client
+                .once(node, |ch| async move {
+                    IdentityServiceClient::new(ch).login(req).await
+                })
+                .await
+            {
+                Ok(token) => {
+                    assert!(
+                        token.roles.iter().any(|r| r == "admin"),
+                        "the bootstrap user is a cluster admin: {token:?}"
+                    );
+                    println!(
+                        "harness: logged in as {ADMIN_USER} at n{node} after {:?} ({refused} \
+                         refused attempts)",
+                        started.elapsed()
+                    );
+                    return self.admin_token.get_or_init(|| token.token);
+                }
+                Err(e) if retryable(&e) => (POLL, format!("n{node}: {e:?}")),
+                Err(e) if matches!(e.code(), Code::Unauthenticated | Code::ResourceExhausted) => {
+                    refused += 1;
+                    (
+                        LOGIN_RETRY,
+                        format!("n{node}: {e:?} (the leader may not have created the user yet)"),
+                    )
+                }
+                Err(e) => panic!("login as {ADMIN_USER} at n{node} failed: {e:?}"),
+            };
+            if Instant::now() >= deadline_at {
+                panic!(
+                    "timed out after {within:?} logging in as {ADMIN_USER}; last seen: {}",
+                    seen.1
+                );
+            }
+            tokio::time::sleep(seen.0).await;
+        }
+    }
+
+    /// The `admin` user's token; [`Cluster::login_admin`] (or [`Cluster::wait_ready`]) must
+    /// have run.
+    pub fn admin_token(&self) -> &str {
+        admin_token(&self.admin_token)
+    }
+
+    /// `msg` with the `admin` user's token.
+    pub fn authed<T>(&self, msg: T) -> Request<T> {
+        with_token(msg, self.admin_token())
+    }
+
+    /// Logs in as `admin` (see [`Cluster::login_admin`]), then waits until every node in `ids`
+    /// runs, agrees on one leader, and lists exactly `ids` as members (so the bootstrap
+    /// membership is applied everywhere). Returns the leader's id.
     pub async fn wait_ready(&self, ids: &[u64], within: Duration) -> u64 {
+        self.login_admin(ids, within).await;
         let want: BTreeSet<u64> = ids.iter().copied().collect();
         wait_for(within, "one leader known to all members, every member reachable", || async {
             self.assert_alive();
@@ -637,12 +728,20 @@ pub struct Acked<T> {
     pub acked_at: Instant,
 }
 
+fn admin_token(token: &OnceLock<String>) -> &str {
+    token
+        .get()
+        .expect("no admin token yet: call Cluster::wait_ready or Cluster::login_admin first")
+}
+
 /// A cluster client with the retry policy of an SDK user (see the module doc).
 #[derive(Clone)]
 pub struct Client {
     targets: Arc<Vec<(u64, String, Channel)>>,
     next: Arc<AtomicUsize>,
     attempt_timeout: Duration,
+    /// The cluster's (see [`Cluster::login_admin`]).
+    admin_token: Arc<OnceLock<String>>,
 }
 
 impl Client {
@@ -676,7 +775,13 @@ impl Client {
             targets: Arc::new(targets),
             next: Arc::new(AtomicUsize::new(0)),
             attempt_timeout: self.attempt_timeout,
+            admin_token: self.admin_token.clone(),
         }
+    }
+
+    /// `msg` with the `admin` user's token (the cluster must be logged in).
+    pub fn authed<T>(&self, msg: T) -> Request<T> {
+        with_token(msg, admin_token(&self.admin_token))
     }
 
     /// Runs `rpc` against the cluster until it succeeds, fails with a non-retryable status, or
@@ -749,12 +854,8 @@ impl Client {
             ..Default::default()
         };
         self.call(within, |ch| {
-            let req = req.clone();
-            async move {
-                IdentityServiceClient::new(ch)
-                    .create_project(authed(req))
-                    .await
-            }
+            let req = self.authed(req.clone());
+            async move { IdentityServiceClient::new(ch).create_project(req).await }
         })
         .await
     }
@@ -771,12 +872,8 @@ impl Client {
             };
             let page = self
                 .call(within, |ch| {
-                    let req = req.clone();
-                    async move {
-                        IdentityServiceClient::new(ch)
-                            .list_projects(authed(req))
-                            .await
-                    }
+                    let req = self.authed(req.clone());
+                    async move { IdentityServiceClient::new(ch).list_projects(req).await }
                 })
                 .await
                 .unwrap_or_else(|e| panic!("ListProjects failed: {e:?}"))
