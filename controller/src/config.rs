@@ -128,6 +128,33 @@ pub struct ControllerConfig {
     pub raft: RaftTuning,
     #[serde(default)]
     pub images: ImageSettings,
+    #[serde(default)]
+    pub compute: ComputeSettings,
+}
+
+/// Hosts and scheduling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeSettings {
+    /// An agent's lease lasts this long after its last heartbeat, ms.
+    pub lease_ttl_ms: u64,
+    /// How often agents send heartbeats, ms.
+    pub heartbeat_interval_ms: u64,
+    /// Added to the TTL before the leader declares a host down, ms.
+    pub lease_grace_ms: u64,
+    /// Overcommit of vCPUs, RAM and disk used when placing servers.
+    pub allocation_ratios: crate::scheduler::AllocationRatios,
+}
+
+impl Default for ComputeSettings {
+    fn default() -> Self {
+        ComputeSettings {
+            lease_ttl_ms: 10_000,
+            heartbeat_interval_ms: 2_000,
+            lease_grace_ms: 5_000,
+            allocation_ratios: Default::default(),
+        }
+    }
 }
 
 /// The image service on this controller.
@@ -178,6 +205,7 @@ pub struct ValidConfig {
     pub tls: Option<TlsConfig>,
     pub raft: RaftTuning,
     pub images: ImageSettings,
+    pub compute: ComputeSettings,
 }
 
 /// The first line of a secret file (token, password), without its line ending.
@@ -276,6 +304,15 @@ impl ControllerConfig {
                 ));
             }
         }
+        let c = &self.compute;
+        if c.heartbeat_interval_ms == 0 || c.lease_ttl_ms < 2 * c.heartbeat_interval_ms {
+            return bad(
+                "compute: need heartbeat_interval_ms > 0 and lease_ttl_ms at least twice it".into(),
+            );
+        }
+        c.allocation_ratios
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("compute.allocation_ratios: {e}")))?;
         if self.images.max_image_gib == 0 || self.images.maintenance_interval_secs == 0 {
             return bad(
                 "images: max_image_gib and maintenance_interval_secs must be positive".into(),
@@ -303,6 +340,7 @@ impl ControllerConfig {
             tls: self.tls,
             raft: self.raft,
             images: self.images,
+            compute: self.compute,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod config;
 pub mod images;
 pub mod raft;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod telemetry;

@@ -11,7 +11,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 use crate::api::auth::Authenticator;
-use crate::api::{self, Api, ClusterApi, EventApi, FlavorApi, IdentityApi, ImageApi, QuotaApi};
+use crate::api::{
+    self, AgentApi, Api, ClusterApi, EventApi, FlavorApi, HostApi, IdentityApi, ImageApi,
+    OperationApi, QuotaApi, ServerApi,
+};
 use crate::config::{TlsConfig, ValidConfig};
 use crate::images::peers::{BlobServer, GrpcBlobPeers};
 use crate::images::{BlobStore, ImageRuntime, Inspector};
@@ -139,6 +142,25 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
         runtime: Arc::new(image_runtime(&config, client_tls)?),
     };
     tokio::spawn(api::image_maintenance::run(images.clone()));
+    let compute = &config.compute;
+    let lease = api::agent_hub::LeaseSettings {
+        ttl: std::time::Duration::from_millis(compute.lease_ttl_ms),
+        heartbeat_interval: std::time::Duration::from_millis(compute.heartbeat_interval_ms),
+        grace: std::time::Duration::from_millis(compute.lease_grace_ms),
+    };
+    let hub = Arc::new(api::agent_hub::AgentHub::default());
+    tokio::spawn(api::agent_hub::run(
+        api.clone(),
+        hub.clone(),
+        lease,
+        compute.allocation_ratios,
+    ));
+    let agents = AgentApi {
+        api: api.clone(),
+        images: images.runtime.clone(),
+        hub: hub.clone(),
+        lease,
+    };
     if let Some(password) = config.admin_password.clone() {
         if !config.join {
             tokio::spawn(api::bootstrap_admin_when_leader(api.clone(), password));
@@ -169,9 +191,12 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     use pb::cluster_service_server::ClusterServiceServer;
     use pb::event_service_server::EventServiceServer;
     use pb::flavor_service_server::FlavorServiceServer;
+    use pb::host_service_server::HostServiceServer;
     use pb::identity_service_server::IdentityServiceServer;
     use pb::image_service_server::ImageServiceServer;
+    use pb::operation_service_server::OperationServiceServer;
     use pb::quota_service_server::QuotaServiceServer;
+    use pb::server_service_server::ServerServiceServer;
 
     let mut client_server = Server::builder()
         .tcp_nodelay(true)
@@ -187,7 +212,23 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
         .add_service(authed!(ClusterServiceServer, ClusterApi(api.clone())))
         .add_service(authed!(EventServiceServer, EventApi(api.clone())))
         .add_service(authed!(QuotaServiceServer, QuotaApi(api.clone())))
-        .add_service(authed!(ImageServiceServer, images.clone()));
+        .add_service(authed!(ImageServiceServer, images.clone()))
+        .add_service(authed!(
+            ServerServiceServer,
+            ServerApi {
+                api: api.clone(),
+                hub: hub.clone(),
+                ratios: config.compute.allocation_ratios,
+            }
+        ))
+        .add_service(authed!(
+            HostServiceServer,
+            HostApi {
+                api: api.clone(),
+                hub: hub.clone(),
+            }
+        ))
+        .add_service(authed!(OperationServiceServer, OperationApi(api.clone())));
     let client_router = crate::api::unimplemented::add_all(client_router, intercept.clone());
 
     let status_node = node.clone();
@@ -211,6 +252,11 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
         .add_service(
             pb::blob_service_server::BlobServiceServer::new(blob_server)
                 .max_decoding_message_size(4 << 20),
+        )
+        .add_service(
+            pb::agent_service_server::AgentServiceServer::new(agents)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
 
     tracing::info!(

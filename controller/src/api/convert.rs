@@ -92,8 +92,8 @@ pub fn role_assignment(a: &RoleAssignment) -> pb::RoleAssignment {
     }
 }
 
-pub fn image(i: &Image) -> pb::Image {
-    let disk_format = match i.disk_format {
+pub fn disk_format(f: DiskFormat) -> pb::ImageDiskFormat {
+    match f {
         DiskFormat::Qcow2 => pb::ImageDiskFormat::Qcow2,
         DiskFormat::Raw => pb::ImageDiskFormat::Raw,
         DiskFormat::Vmdk => pb::ImageDiskFormat::Vmdk,
@@ -101,7 +101,11 @@ pub fn image(i: &Image) -> pb::Image {
         DiskFormat::Vhd => pb::ImageDiskFormat::Vhd,
         DiskFormat::Vhdx => pb::ImageDiskFormat::Vhdx,
         DiskFormat::Iso => pb::ImageDiskFormat::Iso,
-    };
+    }
+}
+
+pub fn image(i: &Image) -> pb::Image {
+    let disk_format = disk_format(i.disk_format);
     let container_format = match i.container_format {
         ContainerFormat::Bare => pb::ImageContainerFormat::Bare,
         ContainerFormat::Ovf => pb::ImageContainerFormat::Ovf,

@@ -1,21 +1,27 @@
 //! The public gRPC API: tonic services over the node. Requests are authenticated in one place
 //! ([`auth`]), errors are mapped to `Status` in one place ([`error`]), and proto↔domain
 //! conversion lives in [`convert`].
+pub mod agent_hub;
+mod agents;
 pub mod auth;
 pub mod authz;
 mod cluster;
+pub mod compute_convert;
 pub mod convert;
 pub mod error;
 mod events;
 mod flavor;
+mod hosts;
 mod identity;
 mod image;
 pub mod image_maintenance;
 pub(crate) mod image_transfer;
+mod operations;
 pub mod password;
 mod quota;
 #[cfg(test)]
 mod rbac_tests;
+mod servers;
 pub mod token;
 mod tokens;
 pub mod unimplemented;
@@ -26,12 +32,16 @@ use std::sync::Arc;
 use parking_lot::RwLockReadGuard;
 use tonic::Status;
 
+pub use agents::{desired_state, AgentApi};
 pub use cluster::{member_status, ClusterApi, PeerDirectory};
 pub use events::EventApi;
 pub use flavor::FlavorApi;
+pub use hosts::HostApi;
 pub use identity::IdentityApi;
 pub use image::ImageApi;
+pub use operations::OperationApi;
 pub use quota::QuotaApi;
+pub use servers::ServerApi;
 pub use tokens::bootstrap_admin_when_leader;
 
 use crate::raft::NodeHandle;

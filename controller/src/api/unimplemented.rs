@@ -9,12 +9,8 @@ use tonic::transport::server::Router;
 #[derive(Clone, Copy, Default)]
 pub struct NotYetImplemented;
 
-impl pb::server_service_server::ServerService for NotYetImplemented {}
 impl pb::server_group_service_server::ServerGroupService for NotYetImplemented {}
-impl pb::host_service_server::HostService for NotYetImplemented {}
 impl pb::network_service_server::NetworkService for NotYetImplemented {}
-impl pb::operation_service_server::OperationService for NotYetImplemented {}
-impl pb::agent_service_server::AgentService for NotYetImplemented {}
 
 pub fn add_all<I, L>(router: Router<L>, intercept: I) -> Router<L>
 where
@@ -23,24 +19,12 @@ where
     let s = NotYetImplemented;
     router
         .add_service(InterceptedService::new(
-            pb::server_service_server::ServerServiceServer::new(s),
-            intercept.clone(),
-        ))
-        .add_service(InterceptedService::new(
             pb::server_group_service_server::ServerGroupServiceServer::new(s),
-            intercept.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            pb::host_service_server::HostServiceServer::new(s),
             intercept.clone(),
         ))
         .add_service(InterceptedService::new(
             pb::network_service_server::NetworkServiceServer::new(s),
             intercept.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            pb::operation_service_server::OperationServiceServer::new(s),
-            intercept,
         ))
 }
 
@@ -104,7 +88,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pb::server_service_client::ServerServiceClient;
+    use pb::network_service_client::NetworkServiceClient;
     use tonic::transport::Server;
 
     #[tokio::test]
@@ -112,22 +96,22 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = Server::builder().layer(NameUnimplementedLayer).add_service(
-            pb::server_service_server::ServerServiceServer::new(NotYetImplemented),
+            pb::network_service_server::NetworkServiceServer::new(NotYetImplemented),
         );
         let server = tokio::spawn(
             router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        let mut client = ServerServiceClient::connect(format!("http://{addr}"))
+        let mut client = NetworkServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
         let err = client
-            .get_server(pb::GetServerRequest::default())
+            .get_network(pb::GetNetworkRequest::default())
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unimplemented);
         assert_eq!(
             err.message(),
-            "flotilla.v1.ServerService.GetServer is not implemented in this release of Flotilla yet"
+            "flotilla.v1.NetworkService.GetNetwork is not implemented in this release of Flotilla yet"
         );
         server.abort();
     }

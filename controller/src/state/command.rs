@@ -9,9 +9,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::hosts::HostRegistration;
 use super::images::{ImageChanges, ImageSpec, UploadResult};
 use super::model::{Member, Role};
 use super::quota::{Amounts, Resource};
+use super::servers::{NewServer, ObservedServer, ServerRequest};
+use crate::scheduler::AllocationRatios;
 
 pub const FORMAT_VERSION: u8 = 1;
 
@@ -172,6 +175,56 @@ pub enum Command {
         upload_id: String,
         result: UploadResult,
     },
+    /// An agent registered (or re-registered) its host: it is up under a new lease.
+    RegisterHost {
+        /// Used when the hostname is new.
+        host_id: String,
+        info: HostRegistration,
+    },
+    /// The leader saw the host's lease expire. Ignored unless `lease_id` is still current.
+    MarkHostDown {
+        host_id: String,
+        lease_id: u64,
+    },
+    SetHostEnabled {
+        /// Id or hostname.
+        host: String,
+        enabled: bool,
+        reason: String,
+    },
+    SetHostForcedDown {
+        host: String,
+        forced_down: bool,
+    },
+    /// Servers placed by the proposer's scheduler run; admitted all together or not at all.
+    CreateServers {
+        servers: Vec<NewServer>,
+        /// The allocation ratios the placement was made with (the leader's configuration).
+        ratios: AllocationRatios,
+    },
+    /// A host's agent's full report of the Flotilla servers it holds.
+    ServerObserved {
+        host_id: String,
+        lease_id: u64,
+        servers: Vec<ObservedServer>,
+    },
+    ServerRequest {
+        server_id: String,
+        operation_id: String,
+        request: ServerRequest,
+    },
+    /// The leader moves a boot that failed to another host (empty: none is left, ERROR).
+    RescheduleServer {
+        server_id: String,
+        host_id: String,
+        ratios: AllocationRatios,
+    },
+    /// An agent finished a command step of an operation.
+    OperationStepResult {
+        operation_id: String,
+        ok: bool,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +272,15 @@ impl Command {
             Command::RemoveImageMember { .. } => "remove_image_member",
             Command::BeginImageUpload { .. } => "begin_image_upload",
             Command::FinishImageUpload { .. } => "finish_image_upload",
+            Command::RegisterHost { .. } => "register_host",
+            Command::MarkHostDown { .. } => "mark_host_down",
+            Command::SetHostEnabled { .. } => "set_host_enabled",
+            Command::SetHostForcedDown { .. } => "set_host_forced_down",
+            Command::CreateServers { .. } => "create_servers",
+            Command::ServerObserved { .. } => "server_observed",
+            Command::ServerRequest { .. } => "server_request",
+            Command::RescheduleServer { .. } => "reschedule_server",
+            Command::OperationStepResult { .. } => "operation_step_result",
         }
     }
 }

@@ -445,10 +445,10 @@ impl State {
         ))
     }
 
-    /// What keeps an image from being deleted, if anything. Servers are the only users of
-    /// images and do not exist yet, so nothing does.
-    fn image_user(&self, _image_id: &str) -> Option<String> {
-        None
+    /// What keeps an image from being deleted, if anything: a server booted from it.
+    fn image_user(&self, image_id: &str) -> Option<String> {
+        self.server_using_image(image_id)
+            .map(|s| format!("server {:?} ({})", s.name, s.id))
     }
 
     /// Drops a deleted project from image member lists.

@@ -4,14 +4,18 @@
 //! the same entries reaches the same state, which [`State::checksum`] lets tests and operators
 //! compare. Each successful change gets the next revision and an [`Event`]; recent request ids
 //! are remembered so a retried request returns its original outcome.
+mod capacity;
 mod command;
 mod flavors;
+mod hosts;
 mod identity;
 mod images;
 mod model;
+mod operations;
 mod outcome;
 mod projects;
 mod quota;
+mod servers;
 pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -19,7 +23,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use capacity::{host_view, request_for as placement_request};
 pub use command::{Command, DecodeError, Envelope, FlavorSpec, FORMAT_VERSION};
+pub use hosts::{Capacity, Host, HostRegistration};
 pub use identity::{MAX_SIGNING_KEYS, MAX_TOKEN_LIFETIME_MS};
 pub use images::{
     ContainerFormat, DiskFormat, Image, ImageChanges, ImageSpec, ImageStatus, ImageUpload,
@@ -28,14 +34,20 @@ pub use images::{
 pub use model::{
     Event, EventAction, Flavor, Member, Meta, Project, Role, RoleAssignment, SigningKey, User,
 };
+pub use operations::{OpState, Operation};
 pub use outcome::{Outcome, Rejection};
 pub use quota::{
     admit, validate_limits, Amounts, ProjectQuota, QuotaExceeded, QuotaItem, Resource,
     ResourceDelta, UNLIMITED,
 };
+pub use servers::{
+    BootImage, DesiredPower, Fault, FlavorSnapshot, NewServer, ObservedServer, PowerState, Server,
+    ServerRequest, ServerStatus, MAX_BOOT_ATTEMPTS,
+};
 
 /// Format of encoded snapshots of [`State`]. 2: identity and quotas were added. 3: images.
-pub const STATE_FORMAT_VERSION: u8 = 3;
+/// 4: hosts, servers, operations.
+pub const STATE_FORMAT_VERSION: u8 = 4;
 
 /// Events kept for watchers that resume from an old revision.
 pub const EVENT_RETENTION: usize = 20_000;
@@ -91,6 +103,10 @@ pub struct State {
     /// Project id → amounts allocated.
     quota_usage: BTreeMap<String, quota::Amounts>,
     images: BTreeMap<String, Image>,
+    hosts: BTreeMap<String, Host>,
+    servers: BTreeMap<String, Server>,
+    operations: BTreeMap<String, Operation>,
+    finished_operations: operations::FinishedOrder,
     // Derived lookups, rebuilt after decoding and never encoded.
     #[serde(skip)]
     project_names: BTreeMap<String, String>,
@@ -98,9 +114,15 @@ pub struct State {
     flavor_names: BTreeMap<String, String>,
     #[serde(skip)]
     user_names: BTreeMap<String, String>,
+    #[serde(skip)]
+    host_names: BTreeMap<String, String>,
+    /// Further changes of the entry being applied (one revision, several events).
+    #[serde(skip)]
+    more_changes: Vec<Change<'static>>,
 }
 
 /// What a change did, for the event log.
+#[derive(Debug, Clone)]
 struct Change<'a> {
     resource_type: &'a str,
     resource_id: String,
@@ -158,15 +180,28 @@ impl State {
             | Command::RemoveImageMember { .. }
             | Command::BeginImageUpload { .. }
             | Command::FinishImageUpload { .. } => self.apply_image(revision, env),
+            Command::RegisterHost { .. }
+            | Command::MarkHostDown { .. }
+            | Command::SetHostEnabled { .. }
+            | Command::SetHostForcedDown { .. } => self.apply_host(revision, env),
+            Command::CreateServers { .. }
+            | Command::ServerObserved { .. }
+            | Command::ServerRequest { .. }
+            | Command::RescheduleServer { .. }
+            | Command::OperationStepResult { .. } => self.apply_server(revision, env),
         };
         let outcome = match result {
             Ok((outcome, Some(change))) => {
                 self.record(revision, env, change);
+                for more in std::mem::take(&mut self.more_changes) {
+                    self.record(revision, env, more);
+                }
                 outcome
             }
             Ok((outcome, None)) => outcome,
             Err(rejection) => Outcome::Rejected(rejection),
         };
+        self.more_changes.clear();
         if !env.request_id.is_empty() {
             self.remember(env, &outcome);
         }
@@ -363,6 +398,11 @@ impl State {
             .values()
             .map(|u| (u.name.clone(), u.id.clone()))
             .collect();
+        state.host_names = state
+            .hosts
+            .values()
+            .map(|h| (h.info.hostname.clone(), h.id.clone()))
+            .collect();
         Ok(state)
     }
 
@@ -378,6 +418,8 @@ impl State {
 mod identity_tests;
 #[cfg(test)]
 mod image_tests;
+#[cfg(test)]
+mod server_tests;
 /// Values of an id-keyed map after `after` (exclusive; empty = from the start): one page of a
 /// List RPC, whose page token is the last id returned.
 pub(crate) fn page_after<'a, V>(

@@ -1,9 +1,11 @@
 //! What `apply` returns. A business rejection is a value (I2), never a panic or transport error.
 use serde::{Deserialize, Serialize};
 
+use super::hosts::Host;
 use super::images::Image;
 use super::model::{Flavor, Member, Project, RoleAssignment, User};
 use super::quota::{Amounts, ProjectQuota};
+use super::servers::Server;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -19,6 +21,13 @@ pub enum Outcome {
     Quota(ProjectQuota),
     DefaultQuota(Amounts),
     Image(Image),
+    Host(Box<Host>),
+    Server(Box<Server>),
+    Servers(Vec<Server>),
+    /// How many servers an agent's report changed.
+    Observed {
+        changed: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -20,6 +20,8 @@
 //!   failover bound is a timing assertion.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod agent;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};

@@ -1,0 +1,343 @@
+//! AgentService on the peer listener: agent sessions (registration, heartbeats, desired state
+//! pushed on every change, observed state and step results proposed as commands) and the image
+//! stream agents fill their base image caches from.
+use std::pin::Pin;
+use std::sync::Arc;
+
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::agent_message::Msg as In;
+use flotilla_proto::v1::agent_service_server::AgentService;
+use flotilla_proto::v1::controller_message::Msg as Out;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::agent_hub::{AgentHub, LeaseSettings};
+use super::{new_id, Api};
+use crate::images::stream::read_chunks;
+use crate::images::ImageRuntime;
+use crate::state::{
+    Command, DesiredPower, HostRegistration, ImageStatus, ObservedServer, PowerState, State,
+};
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ImageChunk, Status>> + Send>>;
+
+#[derive(Clone)]
+pub struct AgentApi {
+    pub api: Api,
+    pub images: Arc<ImageRuntime>,
+    pub hub: Arc<AgentHub>,
+    pub lease: LeaseSettings,
+}
+
+fn msg(m: Out) -> pb::ControllerMessage {
+    pb::ControllerMessage { msg: Some(m) }
+}
+
+pub fn power_from_pb(p: i32) -> PowerState {
+    match pb::ServerPowerState::try_from(p).unwrap_or_default() {
+        pb::ServerPowerState::Running => PowerState::Running,
+        pb::ServerPowerState::Paused | pb::ServerPowerState::Suspended => PowerState::Paused,
+        pb::ServerPowerState::Shutdown => PowerState::Shutdown,
+        pb::ServerPowerState::Crashed => PowerState::Crashed,
+        pb::ServerPowerState::Unspecified => PowerState::NoState,
+    }
+}
+
+/// What `host_id` should run, from the state (pure).
+pub fn desired_state(state: &State, host_id: &str) -> pb::DesiredState {
+    let servers = state
+        .servers_on(host_id)
+        .map(|s| {
+            let f = &s.flavor;
+            let extra_gib = f.ephemeral_gib + f.swap_mib.div_ceil(1024);
+            pb::DesiredServer {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                project_id: s.project_id.clone(),
+                vcpus: f.vcpus,
+                ram_mib: f.ram_mib,
+                root_disk_gib: s.claim.disk_gib.saturating_sub(extra_gib),
+                ephemeral_gib: f.ephemeral_gib,
+                swap_mib: f.swap_mib,
+                extra_specs: f.extra_specs.clone().into_iter().collect(),
+                image_id: s.image.id.clone(),
+                image_sha256: s.image.sha256.clone(),
+                image_size_bytes: s.image.size_bytes,
+                image_disk_format: super::convert::disk_format(s.image.disk_format) as i32,
+                placement_generation: s.placement_generation,
+                power_state: match s.desired_power {
+                    DesiredPower::Running => pb::ServerPowerState::Running,
+                    DesiredPower::Shutdown => pb::ServerPowerState::Shutdown,
+                } as i32,
+                ports: vec![],
+                console_log_path: String::new(),
+                user_data: s.user_data.clone(),
+                metadata: s.metadata.clone().into_iter().collect(),
+            }
+        })
+        .collect();
+    pb::DesiredState {
+        revision: state.revision(),
+        servers,
+        ..Default::default()
+    }
+}
+
+fn registration(r: &pb::AgentRegister) -> Result<HostRegistration, Status> {
+    if r.hostname.trim().is_empty() {
+        return Err(Status::invalid_argument("register: hostname is required"));
+    }
+    let c = r.capacity.unwrap_or_default();
+    if c.vcpus == 0 || c.ram_mib == 0 {
+        return Err(Status::invalid_argument(
+            "register: capacity must have vcpus and ram_mib",
+        ));
+    }
+    Ok(HostRegistration {
+        hostname: r.hostname.clone(),
+        address: r.address.clone(),
+        availability_zone: if r.availability_zone.is_empty() {
+            "nova".into()
+        } else {
+            r.availability_zone.clone()
+        },
+        hypervisor_type: r.hypervisor_type.clone(),
+        hypervisor_version: r.hypervisor_version.clone(),
+        cpu_model: r.cpu_model.clone(),
+        agent_version: r.agent_version.clone(),
+        capacity: crate::state::Capacity::new(u64::from(c.vcpus), c.ram_mib, c.disk_gib),
+    })
+}
+
+impl AgentApi {
+    /// Not the leader: UNAVAILABLE naming the leader's peer address when known.
+    fn not_leader(&self) -> Status {
+        let mut status = Status::unavailable("this controller is not the leader");
+        let leader = self.api.node.status().leader_id;
+        let addr = self
+            .api
+            .node
+            .state()
+            .member(leader)
+            .map(|m| m.peer_address.clone());
+        if let Some(v) = addr.and_then(|a| MetadataValue::try_from(a).ok()) {
+            status
+                .metadata_mut()
+                .insert(flotilla_proto::LEADER_METADATA_KEY, v);
+        }
+        status
+    }
+
+    async fn inbound(
+        self,
+        host_id: String,
+        lease_id: u64,
+        tx: mpsc::Sender<pb::ControllerMessage>,
+        mut stream: Streaming<pb::AgentMessage>,
+    ) {
+        let actor = format!("agent-{host_id}");
+        while let Some(Ok(m)) = stream.next().await {
+            match m.msg {
+                Some(In::Heartbeat(hb)) => {
+                    if hb.lease_id != lease_id || !self.hub.heartbeat(&host_id, lease_id) {
+                        let revoked = pb::LeaseRevoked {
+                            reason: "the lease was superseded; register again".into(),
+                        };
+                        let _ = tx.send(msg(Out::LeaseRevoked(revoked))).await;
+                        break;
+                    }
+                    let renewed = pb::LeaseRenewed {
+                        lease_id,
+                        seq: hb.seq,
+                    };
+                    if tx.send(msg(Out::LeaseRenewed(renewed))).await.is_err() {
+                        break;
+                    }
+                }
+                Some(In::Observed(o)) => {
+                    let servers = o
+                        .servers
+                        .iter()
+                        .map(|s| ObservedServer {
+                            id: s.id.clone(),
+                            power: power_from_pb(s.state),
+                            generation: s.placement_generation,
+                            error: s.error.clone(),
+                        })
+                        .collect();
+                    let cmd = Command::ServerObserved {
+                        host_id: host_id.clone(),
+                        lease_id,
+                        servers,
+                    };
+                    if let Err(e) = self.api.propose(String::new(), actor.clone(), cmd).await {
+                        tracing::debug!(host = %host_id, "an observed report was not applied: {}", e.message());
+                    }
+                }
+                Some(In::StepResult(r)) if r.finished => {
+                    let cmd = Command::OperationStepResult {
+                        operation_id: r.operation_id,
+                        ok: r.ok,
+                        message: r.message,
+                    };
+                    if let Err(e) = self.api.propose(String::new(), actor.clone(), cmd).await {
+                        tracing::debug!(host = %host_id, "a step result was not applied: {}", e.message());
+                    }
+                }
+                Some(In::QueryResult(q)) => self.hub.answer(q),
+                _ => {}
+            }
+        }
+        self.hub.detach(&host_id, lease_id);
+        tracing::info!(host = %host_id, "agent session ended");
+    }
+
+    /// Pushes the host's desired state whenever it changes.
+    async fn push_desired(self, host_id: String, tx: mpsc::Sender<pb::ControllerMessage>) {
+        let mut revisions = self.api.node.revisions();
+        let mut last: Option<pb::DesiredState> = None;
+        loop {
+            let desired = desired_state(&self.api.node.state(), &host_id);
+            let same = last.as_ref().is_some_and(|l| l.servers == desired.servers);
+            if !same {
+                if tx
+                    .send(msg(Out::DesiredState(desired.clone())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                last = Some(desired);
+            }
+            tokio::select! {
+                changed = revisions.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        if self.api.node.status().leader_id != self.api.node.id() {
+            return Err(self.not_leader());
+        }
+        let mut stream = req.into_inner();
+        let register = match stream.next().await {
+            Some(Ok(pb::AgentMessage {
+                msg: Some(In::Register(r)),
+            })) => r,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be `register`",
+                ))
+            }
+        };
+        let info = registration(&register)?;
+        let host_id = {
+            let state = self.api.node.state();
+            state
+                .host(&info.hostname)
+                .map(|h| h.id.clone())
+                .unwrap_or_else(new_id)
+        };
+        let cmd = Command::RegisterHost {
+            host_id: host_id.clone(),
+            info,
+        };
+        let actor = format!("agent-{}", register.hostname);
+        let host = match self.api.propose(String::new(), actor, cmd).await? {
+            crate::state::Outcome::Host(h) => h,
+            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        };
+        tracing::info!(host = %host.info.hostname, lease = host.lease_id, "agent registered");
+        let (tx, rx) = mpsc::channel(64);
+        let registered = pb::AgentRegistered {
+            host_id: host.id.clone(),
+            lease_id: host.lease_id,
+            lease_ttl_ms: self.lease.ttl.as_millis() as u64,
+            heartbeat_interval_ms: self.lease.heartbeat_interval.as_millis() as u64,
+        };
+        tx.send(msg(Out::Registered(registered)))
+            .await
+            .map_err(|_| Status::cancelled("the agent went away"))?;
+        self.hub.attach(&host.id, host.lease_id, tx.clone());
+        tokio::spawn(self.clone().push_desired(host.id.clone(), tx.clone()));
+        tokio::spawn(
+            self.clone()
+                .inbound(host.id.clone(), host.lease_id, tx, stream),
+        );
+        let out = ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn fetch_image(
+        &self,
+        req: Request<pb::FetchImageRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let r = req.into_inner();
+        let (image, members) = {
+            let state = self.api.node.state();
+            let image = state
+                .image(&r.image_id)
+                .cloned()
+                .ok_or_else(|| Status::not_found(format!("image {:?} not found", r.image_id)))?;
+            (image, state.members().cloned().collect::<Vec<_>>())
+        };
+        if image.status != ImageStatus::Active {
+            return Err(Status::failed_precondition(format!(
+                "image {} is {}",
+                image.id,
+                image.status.as_str()
+            )));
+        }
+        if r.offset > image.size_bytes {
+            return Err(Status::out_of_range("offset past the end of the image"));
+        }
+        self.images
+            .ensure_local(self.api.node.id(), &members, &image.sha256)
+            .await
+            .map_err(Status::unavailable)?;
+        let path = self
+            .images
+            .blobs
+            .path_of(&image.sha256)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (size, sha256) = (image.size_bytes, image.sha256.clone());
+        let mut offset = r.offset;
+        let mut first = true;
+        let chunks = read_chunks(path, r.offset).map(move |c| {
+            let data = c.map_err(|e| Status::internal(format!("reading the image: {e}")))?;
+            let chunk = pb::ImageChunk {
+                offset,
+                size_bytes: if first { size } else { 0 },
+                sha256: if first { sha256.clone() } else { String::new() },
+                data,
+            };
+            first = false;
+            offset += chunk.data.len() as u64;
+            Ok(chunk)
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn upload_snapshot(
+        &self,
+        _req: Request<Streaming<pb::UploadImageRequest>>,
+    ) -> Result<Response<pb::Image>, Status> {
+        Err(Status::unimplemented(
+            "flotilla.v1.AgentService.UploadSnapshot (server backups) is not implemented in this \
+             release of Flotilla yet",
+        ))
+    }
+}

@@ -1,0 +1,162 @@
+//! Domain ↔ proto conversion for hosts, servers and operations.
+use flotilla_proto::v1 as pb;
+
+use super::convert::meta;
+use crate::state::{Host, OpState, Operation, PowerState, Server, ServerStatus, State};
+
+pub fn status(s: ServerStatus) -> pb::ServerStatus {
+    match s {
+        ServerStatus::Build => pb::ServerStatus::Build,
+        ServerStatus::Active => pb::ServerStatus::Active,
+        ServerStatus::Shutoff => pb::ServerStatus::Shutoff,
+        ServerStatus::Reboot => pb::ServerStatus::Reboot,
+        ServerStatus::HardReboot => pb::ServerStatus::HardReboot,
+        ServerStatus::Error => pb::ServerStatus::Error,
+        ServerStatus::Deleting => pb::ServerStatus::Deleted,
+    }
+}
+
+pub fn power(p: PowerState) -> pb::ServerPowerState {
+    match p {
+        PowerState::NoState => pb::ServerPowerState::Unspecified,
+        PowerState::Running => pb::ServerPowerState::Running,
+        PowerState::Paused => pb::ServerPowerState::Paused,
+        PowerState::Shutdown => pb::ServerPowerState::Shutdown,
+        PowerState::Crashed => pb::ServerPowerState::Crashed,
+    }
+}
+
+pub fn host_state(h: &Host) -> pb::HostState {
+    if h.is_up() {
+        pb::HostState::Up
+    } else {
+        pb::HostState::Down
+    }
+}
+
+pub fn server(state: &State, s: &Server) -> pb::Server {
+    let host = state.hosts().find(|h| h.id == s.host_id);
+    pb::Server {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        project_id: s.project_id.clone(),
+        user_id: s.user_id.clone(),
+        flavor_id: s.flavor.id.clone(),
+        image_id: s.image.id.clone(),
+        status: status(s.status) as i32,
+        task_state: s.task_state.clone(),
+        power_state: power(s.power_state) as i32,
+        host: host.map(|h| h.info.hostname.clone()).unwrap_or_default(),
+        host_status: host.map(host_state).unwrap_or_default() as i32,
+        availability_zone: s.availability_zone.clone(),
+        server_group_id: String::new(),
+        locked: s.locked,
+        locked_reason: s.locked_reason.clone(),
+        addresses: vec![],
+        fault: s.fault.as_ref().map(|f| pb::ServerFault {
+            message: f.message.clone(),
+            code: 500,
+            details: String::new(),
+            time_ms: f.time_ms,
+        }),
+        placement_generation: s.placement_generation,
+        metadata: s.metadata.clone().into_iter().collect(),
+        key_name: String::new(),
+        user_data: s.user_data.clone(),
+        meta: Some(meta(&s.meta)),
+        launched_at_ms: s.launched_at_ms,
+        current_operation_id: if s.task_state.is_empty() {
+            String::new()
+        } else {
+            s.current_operation_id.clone()
+        },
+    }
+}
+
+pub fn op_state(s: OpState) -> pb::OperationState {
+    match s {
+        OpState::Running => pb::OperationState::Running,
+        OpState::Succeeded => pb::OperationState::Succeeded,
+        OpState::Failed => pb::OperationState::Failed,
+    }
+}
+
+pub fn action(o: &Operation) -> pb::ServerAction {
+    pb::ServerAction {
+        action: o.kind.clone(),
+        request_id: o.request_id.clone(),
+        user_id: o.actor.clone(),
+        project_id: o.project_id.clone(),
+        start_time_ms: o.started_at_ms,
+        finish_time_ms: o.finished_at_ms,
+        result: match o.state {
+            OpState::Running => pb::ServerActionResult::InProgress,
+            OpState::Succeeded => pb::ServerActionResult::Success,
+            OpState::Failed => pb::ServerActionResult::Error,
+        } as i32,
+        message: o.message.clone(),
+        operation_id: o.id.clone(),
+    }
+}
+
+pub fn operation(o: &Operation) -> pb::Operation {
+    pb::Operation {
+        id: o.id.clone(),
+        kind: o.kind.clone(),
+        resource_type: o.resource_type.clone(),
+        resource_id: o.resource_id.clone(),
+        project_id: o.project_id.clone(),
+        user_id: o.actor.clone(),
+        request_id: o.request_id.clone(),
+        state: op_state(o.state) as i32,
+        step: o.step.clone(),
+        progress: None,
+        message: if o.state == OpState::Failed {
+            String::new()
+        } else {
+            o.message.clone()
+        },
+        error: if o.state == OpState::Failed {
+            o.message.clone()
+        } else {
+            String::new()
+        },
+        cancellable: false,
+        started_at_ms: o.started_at_ms,
+        finished_at_ms: o.finished_at_ms,
+        items: vec![],
+        parent_id: String::new(),
+        meta: Some(meta(&o.meta)),
+    }
+}
+
+pub fn host(state: &State, h: &Host, now_ms: i64) -> pb::Host {
+    let _ = now_ms;
+    let servers = state.servers().filter(|s| s.host_id == h.id).count();
+    let cap = |c: crate::state::Capacity| pb::HostCapacity {
+        vcpus: c.vcpus as u32,
+        ram_mib: c.ram_mib,
+        disk_gib: c.disk_gib,
+    };
+    pb::Host {
+        id: h.id.clone(),
+        hostname: h.info.hostname.clone(),
+        address: h.info.address.clone(),
+        state: host_state(h) as i32,
+        down_since_ms: h.down_since_ms,
+        enabled: h.enabled,
+        disabled_reason: h.disabled_reason.clone(),
+        forced_down: h.forced_down,
+        availability_zone: h.info.availability_zone.clone(),
+        hypervisor_type: h.info.hypervisor_type.clone(),
+        hypervisor_version: h.info.hypervisor_version.clone(),
+        cpu_model: h.info.cpu_model.clone(),
+        capacity: Some(cap(h.info.capacity)),
+        usage: Some(cap(h.used)),
+        allocation_ratios: None,
+        lease_age_ms: 0,
+        agent_version: h.info.agent_version.clone(),
+        server_count: servers as u32,
+        meta: Some(meta(&h.meta)),
+    }
+}

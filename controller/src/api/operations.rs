@@ -1,0 +1,137 @@
+//! OperationService: durable operations (I5) as users follow them. An operation is visible to
+//! whoever can read its project; admins see all.
+use std::pin::Pin;
+
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::operation_service_server::OperationService;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::authz::Principal;
+use super::{auth::principal, compute_convert as cc, page_size, paginate, required, Api};
+use crate::state::{Operation, State};
+
+type OpStream = Pin<Box<dyn Stream<Item = Result<pb::Operation, Status>> + Send>>;
+
+#[derive(Clone)]
+pub struct OperationApi(pub Api);
+
+fn visible(p: &Principal, o: &Operation) -> bool {
+    p.admin || p.in_project(&o.project_id)
+}
+
+fn find<'s>(state: &'s State, p: &Principal, id: &str) -> Result<&'s Operation, Status> {
+    required("operation_id", id)?;
+    state
+        .operation(id)
+        .filter(|o| visible(p, o))
+        .ok_or_else(|| Status::not_found(format!("operation {id:?} not found")))
+}
+
+#[tonic::async_trait]
+impl OperationService for OperationApi {
+    async fn list_operations(
+        &self,
+        req: Request<pb::ListOperationsRequest>,
+    ) -> Result<Response<pb::ListOperationsResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        if r.all_projects && !p.admin {
+            return Err(Status::permission_denied(
+                "permission denied: --all-projects needs the cluster admin role",
+            ));
+        }
+        let state = self.0.read(r.stale).await?;
+        let scope = p
+            .token
+            .as_ref()
+            .map(|t| t.project_id.clone())
+            .unwrap_or_default();
+        let project = if !r.project.is_empty() {
+            Some(
+                state
+                    .project(&r.project)
+                    .map(|x| x.id.clone())
+                    .unwrap_or(r.project.clone()),
+            )
+        } else if r.all_projects || scope.is_empty() {
+            None
+        } else {
+            Some(scope)
+        };
+        let (page, next) = paginate(
+            state.operations_after(&r.page_token).filter(|o| {
+                visible(&p, o)
+                    && project.as_ref().is_none_or(|id| &o.project_id == id)
+                    && (r.resource_id.is_empty() || o.resource_id == r.resource_id)
+                    && (r.kind.is_empty() || o.kind == r.kind)
+                    && (r.states.is_empty() || r.states.contains(&(cc::op_state(o.state) as i32)))
+            }),
+            page_size(r.page_size),
+            |o| o.id.clone(),
+        );
+        Ok(Response::new(pb::ListOperationsResponse {
+            operations: page.into_iter().map(cc::operation).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_operation(
+        &self,
+        req: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let state = self.0.read(r.stale).await?;
+        Ok(Response::new(cc::operation(find(
+            &state,
+            &p,
+            &r.operation_id,
+        )?)))
+    }
+
+    /// The operation now, then again on every change, until it has finished.
+    async fn watch_operation(
+        &self,
+        req: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<OpStream>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        {
+            let state = self.0.read(false).await?;
+            find(&state, &p, &r.operation_id)?;
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let node = self.0.node.clone();
+        tokio::spawn(async move {
+            let mut revisions = node.revisions();
+            let mut last: Option<pb::Operation> = None;
+            loop {
+                let now = node.state().operation(&r.operation_id).map(cc::operation);
+                let Some(op) = now else {
+                    let _ = tx
+                        .send(Err(Status::not_found("the operation was forgotten")))
+                        .await;
+                    return;
+                };
+                let finished = op.finished_at_ms != 0;
+                if last.as_ref() != Some(&op) {
+                    if tx.send(Ok(op.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(op);
+                }
+                if finished {
+                    return;
+                }
+                tokio::select! {
+                    changed = revisions.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

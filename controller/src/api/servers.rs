@@ -1,0 +1,500 @@
+//! ServerService: create (scheduled here, admitted in apply), read, and the power and lock
+//! actions; console log and diagnostics asked of the server's agent. Servers belong to a
+//! project: members act on them, readers read them, admins everything. Non-admins cannot act on
+//! a locked server (they may still unlock it).
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::server_service_server::ServerService;
+use tonic::{Request, Response, Status};
+
+use super::agent_hub::AgentHub;
+use super::authz::{Action, Principal};
+use super::{
+    allow, auth::principal, compute_convert as cc, new_id, page_size, paginate, required, Api,
+};
+use crate::scheduler::{self, AllocationRatios};
+use crate::state::{
+    validate, Command, FlavorSnapshot, ImageStatus, NewServer, Outcome, Server, ServerRequest,
+    State,
+};
+
+/// Most servers one create may ask for.
+pub const MAX_COUNT: u32 = 100;
+const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct ServerApi {
+    pub api: Api,
+    pub hub: Arc<AgentHub>,
+    pub ratios: AllocationRatios,
+}
+
+fn visible(p: &Principal, s: &Server) -> bool {
+    p.admin || p.in_project(&s.project_id)
+}
+
+/// A server the caller can see, by id or by a name unique among those it can see.
+fn resolve<'s>(state: &'s State, p: &Principal, key: &str) -> Result<&'s Server, Status> {
+    required("server", key)?;
+    if let Some(s) = state.server(key).filter(|s| visible(p, s)) {
+        return Ok(s);
+    }
+    let mut named = state.servers().filter(|s| s.name == key && visible(p, s));
+    match (named.next(), named.next()) {
+        (Some(s), None) => Ok(s),
+        (None, _) => Err(Status::not_found(format!("server {key:?} not found"))),
+        (Some(_), Some(_)) => Err(Status::failed_precondition(format!(
+            "several servers are named {key:?}; use the server id"
+        ))),
+    }
+}
+
+fn operation_ref(id: String) -> Response<pb::OperationRef> {
+    Response::new(pb::OperationRef { operation_id: id })
+}
+
+impl ServerApi {
+    /// Resolves a server the caller may act on with `request`, then proposes it.
+    async fn act(
+        &self,
+        p: Principal,
+        request_id: String,
+        key: &str,
+        request: ServerRequest,
+    ) -> Result<(Server, String), Status> {
+        let server_id = {
+            let state = self.api.read(false).await?;
+            let s = resolve(&state, &p, key)?;
+            let project = state
+                .project(&s.project_id)
+                .ok_or_else(|| Status::internal("server without project"))?;
+            allow(&p, Action::WriteProject, Some(project))?;
+            if s.locked && !p.admin && !matches!(request, ServerRequest::Unlock) {
+                return Err(Status::failed_precondition(format!(
+                    "server {:?} is locked{}; unlock it first",
+                    s.name,
+                    if s.locked_reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", s.locked_reason)
+                    }
+                )));
+            }
+            s.id.clone()
+        };
+        let operation_id = new_id();
+        let cmd = Command::ServerRequest {
+            server_id: server_id.clone(),
+            operation_id: operation_id.clone(),
+            request,
+        };
+        let outcome = self.api.propose(request_id, p.name, cmd).await?;
+        let server = match outcome {
+            Outcome::Server(s) => *s,
+            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        };
+        Ok((server, operation_id))
+    }
+
+    /// Where the server runs, for agent queries; the query must run on the leader.
+    fn host_of(&self, p: &Principal, key: &str) -> Result<(String, String), Status> {
+        let state = self.api.node.state();
+        let s = resolve(&state, p, key)?;
+        if s.host_id.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "server {:?} has no host",
+                s.name
+            )));
+        }
+        Ok((s.id.clone(), s.host_id.clone()))
+    }
+
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.api.node.status().leader_id == self.api.node.id() {
+            return Ok(());
+        }
+        Err(super::error::node(
+            crate::raft::NodeError::NotLeader {
+                leader: self.api.node.status().leader_id,
+            },
+            &self.api.node,
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl ServerService for ServerApi {
+    async fn create_server(
+        &self,
+        req: Request<pb::CreateServerRequest>,
+    ) -> Result<Response<pb::CreateServerResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        validate::name("server", &r.name).map_err(Status::invalid_argument)?;
+        let metadata: BTreeMap<String, String> = r.metadata.into_iter().collect();
+        validate::properties("server", &metadata).map_err(Status::invalid_argument)?;
+        if !r.networks.is_empty() {
+            return Err(Status::unimplemented(
+                "networks and ports on servers are not implemented in this release of Flotilla \
+                 yet; create the server without --network",
+            ));
+        }
+        let count = r.max_count.max(r.min_count).max(1);
+        if count > MAX_COUNT {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_COUNT} servers per create"
+            )));
+        }
+        if !r.host.is_empty() && !p.admin {
+            return Err(Status::permission_denied(
+                "permission denied: choosing the host needs the cluster admin role",
+            ));
+        }
+        if !r.server_group.is_empty() {
+            return Err(Status::unimplemented(
+                "server groups are not implemented in this release of Flotilla yet",
+            ));
+        }
+        let new = {
+            let state = self.api.read(false).await?;
+            let project_id = p
+                .token
+                .as_ref()
+                .map(|t| t.project_id.clone())
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| {
+                    Status::invalid_argument(
+                        "your token is not scoped to a project: log in with --project",
+                    )
+                })?;
+            let project = state
+                .project(&project_id)
+                .ok_or_else(|| Status::not_found("your token's project no longer exists"))?;
+            allow(&p, Action::WriteProject, Some(project))?;
+            required("flavor", &r.flavor)?;
+            let flavor = state
+                .flavor(&r.flavor)
+                .filter(|f| p.admin || f.is_public || f.access_project_ids.contains(&project_id))
+                .ok_or_else(|| Status::not_found(format!("flavor {:?} not found", r.flavor)))?;
+            let image = super::image::resolve(&state, &p, &r.image)?;
+            if image.status != ImageStatus::Active {
+                return Err(Status::failed_precondition(format!(
+                    "image {:?} is {}; servers boot from active images only",
+                    image.name,
+                    image.status.as_str()
+                )));
+            }
+            let snapshot = FlavorSnapshot {
+                id: flavor.id.clone(),
+                name: flavor.name.clone(),
+                vcpus: flavor.vcpus,
+                ram_mib: flavor.ram_mib,
+                disk_gib: flavor.disk_gib,
+                ephemeral_gib: flavor.ephemeral_gib,
+                swap_mib: flavor.swap_mib,
+                extra_specs: flavor.extra_specs.clone(),
+            };
+            let mut request = crate::state::placement_request(&snapshot, image);
+            request.count = count;
+            request.availability_zone =
+                (!r.availability_zone.is_empty()).then(|| r.availability_zone.clone());
+            if !r.host.is_empty() {
+                let host = state
+                    .host(&r.host)
+                    .ok_or_else(|| Status::not_found(format!("host {:?} not found", r.host)))?;
+                request.forced_host = Some(host.id.clone());
+            }
+            let hosts: Vec<_> = state.hosts().map(crate::state::host_view).collect();
+            let placed = scheduler::place(&hosts, &self.ratios, &request).map_err(|e| match e {
+                scheduler::ScheduleError::InvalidRequest(bad) => {
+                    Status::invalid_argument(bad.to_string())
+                }
+                none @ scheduler::ScheduleError::NoValidHost(_) => {
+                    Status::resource_exhausted(none.to_string())
+                }
+            })?;
+            placed
+                .into_iter()
+                .enumerate()
+                .map(|(i, host_id)| NewServer {
+                    id: new_id(),
+                    name: if count == 1 {
+                        r.name.clone()
+                    } else {
+                        format!("{}-{}", r.name, i + 1)
+                    },
+                    project_id: project_id.clone(),
+                    user_id: p.user_id.clone(),
+                    flavor: snapshot.clone(),
+                    image_id: image.id.clone(),
+                    host_id,
+                    availability_zone: r.availability_zone.clone(),
+                    metadata: metadata.clone(),
+                    user_data: r.user_data.clone(),
+                    operation_id: new_id(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let op_ids: Vec<String> = new.iter().map(|s| s.operation_id.clone()).collect();
+        let cmd = Command::CreateServers {
+            servers: new,
+            ratios: self.ratios,
+        };
+        let servers = match self.api.propose(r.request_id, p.name.clone(), cmd).await? {
+            Outcome::Servers(v) => v,
+            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        };
+        let state = self.api.node.state();
+        Ok(Response::new(pb::CreateServerResponse {
+            servers: servers.iter().map(|s| cc::server(&state, s)).collect(),
+            operation_ids: op_ids,
+        }))
+    }
+
+    async fn get_server(
+        &self,
+        req: Request<pb::GetServerRequest>,
+    ) -> Result<Response<pb::Server>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let state = self.api.read(r.stale).await?;
+        let s = resolve(&state, &p, &r.server)?;
+        Ok(Response::new(cc::server(&state, s)))
+    }
+
+    async fn list_servers(
+        &self,
+        req: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        if r.all_projects && !p.admin {
+            return Err(Status::permission_denied(
+                "permission denied: --all-projects needs the cluster admin role",
+            ));
+        }
+        let state = self.api.read(r.stale).await?;
+        let scope = p
+            .token
+            .as_ref()
+            .map(|t| t.project_id.clone())
+            .unwrap_or_default();
+        let project_filter = if !r.project.is_empty() {
+            let pr = state
+                .project(&r.project)
+                .ok_or_else(|| Status::not_found(format!("project {:?} not found", r.project)))?;
+            allow(&p, Action::ReadProject, Some(pr))?;
+            Some(pr.id.clone())
+        } else if r.all_projects {
+            None
+        } else if !scope.is_empty() {
+            Some(scope)
+        } else {
+            None
+        };
+        let host_filter = if r.host.is_empty() {
+            None
+        } else {
+            Some(
+                state
+                    .host(&r.host)
+                    .map(|h| h.id.clone())
+                    .unwrap_or_default(),
+            )
+        };
+        let status_filter = pb::ServerStatus::try_from(r.status).unwrap_or_default();
+        let (page, next) = paginate(
+            state.servers_after(&r.page_token).filter(|s| {
+                visible(&p, s)
+                    && project_filter.as_ref().is_none_or(|id| &s.project_id == id)
+                    && host_filter.as_ref().is_none_or(|h| &s.host_id == h)
+                    && (r.name.is_empty() || s.name == r.name)
+                    && (r.image.is_empty() || s.image.id == r.image)
+                    && (r.flavor.is_empty() || s.flavor.id == r.flavor || s.flavor.name == r.flavor)
+                    && (status_filter == pb::ServerStatus::Unspecified
+                        || cc::status(s.status) == status_filter)
+            }),
+            page_size(r.page_size),
+            |s| s.id.clone(),
+        );
+        Ok(Response::new(pb::ListServersResponse {
+            servers: page.into_iter().map(|s| cc::server(&state, s)).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn delete_server(
+        &self,
+        req: Request<pb::DeleteServerRequest>,
+    ) -> Result<Response<pb::OperationRef>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let (_, op) = self.act_deleting(p, r.request_id, &r.server).await?;
+        Ok(operation_ref(op))
+    }
+
+    async fn start_server(
+        &self,
+        req: Request<pb::StartServerRequest>,
+    ) -> Result<Response<pb::OperationRef>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let (_, op) = self
+            .act(p, r.request_id, &r.server, ServerRequest::Start)
+            .await?;
+        Ok(operation_ref(op))
+    }
+
+    async fn stop_server(
+        &self,
+        req: Request<pb::StopServerRequest>,
+    ) -> Result<Response<pb::OperationRef>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let (_, op) = self
+            .act(p, r.request_id, &r.server, ServerRequest::Stop)
+            .await?;
+        Ok(operation_ref(op))
+    }
+
+    async fn reboot_server(
+        &self,
+        req: Request<pb::RebootServerRequest>,
+    ) -> Result<Response<pb::OperationRef>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let request = ServerRequest::Reboot { hard: r.hard };
+        let (_, op) = self.act(p, r.request_id, &r.server, request).await?;
+        Ok(operation_ref(op))
+    }
+
+    async fn lock_server(
+        &self,
+        req: Request<pb::LockServerRequest>,
+    ) -> Result<Response<pb::Server>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let request = ServerRequest::Lock { reason: r.reason };
+        let (s, _) = self.act(p, r.request_id, &r.server, request).await?;
+        Ok(Response::new(cc::server(&self.api.node.state(), &s)))
+    }
+
+    async fn unlock_server(
+        &self,
+        req: Request<pb::UnlockServerRequest>,
+    ) -> Result<Response<pb::Server>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let (s, _) = self
+            .act(p, r.request_id, &r.server, ServerRequest::Unlock)
+            .await?;
+        Ok(Response::new(cc::server(&self.api.node.state(), &s)))
+    }
+
+    async fn list_server_actions(
+        &self,
+        req: Request<pb::ListServerActionsRequest>,
+    ) -> Result<Response<pb::ListServerActionsResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let state = self.api.read(r.stale).await?;
+        let s = resolve(&state, &p, &r.server)?;
+        let ops = s
+            .operation_ids
+            .iter()
+            .filter_map(|id| state.operation(id))
+            .skip_while(|o| !r.page_token.is_empty() && o.id != r.page_token)
+            .skip(usize::from(!r.page_token.is_empty()));
+        let (page, next) = paginate(ops, page_size(r.page_size), |o| o.id.clone());
+        Ok(Response::new(pb::ListServerActionsResponse {
+            actions: page.into_iter().map(cc::action).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_console_log(
+        &self,
+        req: Request<pb::GetConsoleLogRequest>,
+    ) -> Result<Response<pb::ServerConsoleLog>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        self.require_leader()?;
+        let (server_id, host_id) = self.host_of(&p, &r.server)?;
+        let query = pb::agent_query::Query::ConsoleLog(pb::AgentConsoleLogQuery {
+            server_id,
+            lines: r.lines,
+        });
+        let answer = self
+            .hub
+            .query(&host_id, query, QUERY_TIMEOUT)
+            .await
+            .map_err(Status::unavailable)?;
+        match answer.result {
+            Some(pb::agent_query_result::Result::ConsoleLog(log)) => Ok(Response::new(log)),
+            _ => Err(Status::unavailable(format!(
+                "the agent could not read the console log: {}",
+                answer.error
+            ))),
+        }
+    }
+
+    async fn get_diagnostics(
+        &self,
+        req: Request<pb::GetDiagnosticsRequest>,
+    ) -> Result<Response<pb::ServerDiagnostics>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        self.require_leader()?;
+        let (server_id, host_id) = self.host_of(&p, &r.server)?;
+        let query = pb::agent_query::Query::Diagnostics(pb::AgentDiagnosticsQuery { server_id });
+        let answer = self
+            .hub
+            .query(&host_id, query, QUERY_TIMEOUT)
+            .await
+            .map_err(Status::unavailable)?;
+        match answer.result {
+            Some(pb::agent_query_result::Result::Diagnostics(d)) => Ok(Response::new(d)),
+            _ => Err(Status::unavailable(format!(
+                "the agent could not collect diagnostics: {}",
+                answer.error
+            ))),
+        }
+    }
+}
+
+impl ServerApi {
+    /// Delete: the server may be gone by the time the command is applied (host down).
+    async fn act_deleting(
+        &self,
+        p: Principal,
+        request_id: String,
+        key: &str,
+    ) -> Result<((), String), Status> {
+        let server_id = {
+            let state = self.api.read(false).await?;
+            let s = resolve(&state, &p, key)?;
+            let project = state
+                .project(&s.project_id)
+                .ok_or_else(|| Status::internal("server without project"))?;
+            allow(&p, Action::WriteProject, Some(project))?;
+            if s.locked && !p.admin {
+                return Err(Status::failed_precondition(format!(
+                    "server {:?} is locked; unlock it first",
+                    s.name
+                )));
+            }
+            s.id.clone()
+        };
+        let operation_id = new_id();
+        let cmd = Command::ServerRequest {
+            server_id,
+            operation_id: operation_id.clone(),
+            request: ServerRequest::Delete,
+        };
+        self.api.propose(request_id, p.name, cmd).await?;
+        Ok(((), operation_id))
+    }
+}

@@ -1,0 +1,761 @@
+//! Servers and their operations (I3, I5, I7).
+//!
+//! A server is placed on one host with a placement generation; only a local copy holding that
+//! generation may run. Creating servers admits quota, re-checks each proposed host's capacity
+//! and records the servers and their boot operations in one apply (I3). Agents report what they
+//! observe ([`Command::ServerObserved`], the host's full list); apply moves servers and their
+//! operations forward from those reports. Work the leader does by itself (rescheduling a boot
+//! that failed on its host, giving up after [`MAX_BOOT_ATTEMPTS`]) is proposed as commands too,
+//! so a new leader resumes where the old one stopped.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::capacity;
+use super::hosts::{Capacity, Host};
+use super::images::{DiskFormat, ImageStatus};
+use super::operations::NewOperation;
+use super::quota::{Resource, ResourceDelta};
+use super::{validate, Change, Command, Envelope, EventAction, Meta, Outcome, Rejection, State};
+use crate::scheduler::{AllocationRatios, HostView, PlacementRequest};
+
+type Applied = Result<(Outcome, Option<Change<'static>>), Rejection>;
+
+/// Hosts a boot is tried on before the server goes to ERROR.
+pub const MAX_BOOT_ATTEMPTS: u32 = 3;
+/// Actions remembered per server (oldest dropped first).
+pub const MAX_ACTIONS_PER_SERVER: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerStatus {
+    Build,
+    Active,
+    Shutoff,
+    Reboot,
+    HardReboot,
+    Error,
+    Deleting,
+}
+
+impl ServerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerStatus::Build => "BUILD",
+            ServerStatus::Active => "ACTIVE",
+            ServerStatus::Shutoff => "SHUTOFF",
+            ServerStatus::Reboot => "REBOOT",
+            ServerStatus::HardReboot => "HARD_REBOOT",
+            ServerStatus::Error => "ERROR",
+            ServerStatus::Deleting => "DELETING",
+        }
+    }
+}
+
+/// What the hypervisor shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PowerState {
+    NoState,
+    Running,
+    Paused,
+    Shutdown,
+    Crashed,
+}
+
+/// What the server should be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DesiredPower {
+    Running,
+    Shutdown,
+}
+
+/// The flavor as it was when the server was created (later flavor changes do not move it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlavorSnapshot {
+    pub id: String,
+    pub name: String,
+    pub vcpus: u32,
+    pub ram_mib: u64,
+    pub disk_gib: u64,
+    pub ephemeral_gib: u64,
+    pub swap_mib: u64,
+    pub extra_specs: BTreeMap<String, String>,
+}
+
+impl FlavorSnapshot {
+    /// What it charges to the project's quota.
+    pub fn quota(&self) -> ResourceDelta {
+        [
+            (Resource::Instances, 1),
+            (Resource::Vcpus, self.vcpus as i64),
+            (Resource::RamMib, self.ram_mib as i64),
+            (
+                Resource::DiskGib,
+                (self.disk_gib + self.ephemeral_gib) as i64,
+            ),
+        ]
+        .into_iter()
+        .collect()
+    }
+}
+
+/// The image a server boots from, as the agent needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootImage {
+    pub id: String,
+    pub sha256: String,
+    pub disk_format: DiskFormat,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    pub message: String,
+    pub time_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub flavor: FlavorSnapshot,
+    pub image: BootImage,
+    /// What it takes from its host's capacity.
+    pub claim: Capacity,
+    pub status: ServerStatus,
+    /// What is under way ("spawning", "powering-off", …); empty when idle.
+    pub task_state: String,
+    pub power_state: PowerState,
+    pub desired_power: DesiredPower,
+    /// Empty when the server has no host (e.g. no valid host was found).
+    pub host_id: String,
+    pub placement_generation: u64,
+    pub availability_zone: String,
+    pub locked: bool,
+    pub locked_reason: String,
+    pub fault: Option<Fault>,
+    pub metadata: BTreeMap<String, String>,
+    pub user_data: Vec<u8>,
+    pub launched_at_ms: i64,
+    pub current_operation_id: String,
+    /// Hosts a boot failed on (not tried again), in order.
+    pub failed_hosts: Vec<String>,
+    /// Why the boot on the current host failed; set until the leader reschedules it.
+    pub boot_failure: String,
+    /// Its operations (the action list), oldest first, at most [`MAX_ACTIONS_PER_SERVER`].
+    pub operation_ids: Vec<String>,
+    pub meta: Meta,
+}
+
+/// One server of a create, placed by the proposer's scheduler run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewServer {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub flavor: FlavorSnapshot,
+    pub image_id: String,
+    pub host_id: String,
+    pub availability_zone: String,
+    pub metadata: BTreeMap<String, String>,
+    pub user_data: Vec<u8>,
+    pub operation_id: String,
+}
+
+/// What an agent found for one server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedServer {
+    pub id: String,
+    pub power: PowerState,
+    pub generation: u64,
+    /// Why the agent cannot converge it; empty when fine.
+    pub error: String,
+}
+
+/// A change a user asks for; the proposer stamps the operation id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerRequest {
+    Start,
+    Stop,
+    Reboot { hard: bool },
+    Delete,
+    Lock { reason: String },
+    Unlock,
+}
+
+impl ServerRequest {
+    fn kind(&self) -> &'static str {
+        match self {
+            ServerRequest::Start => "start",
+            ServerRequest::Stop => "stop",
+            ServerRequest::Reboot { hard: false } => "reboot",
+            ServerRequest::Reboot { hard: true } => "reboot --hard",
+            ServerRequest::Delete => "delete",
+            ServerRequest::Lock { .. } => "lock",
+            ServerRequest::Unlock => "unlock",
+        }
+    }
+}
+
+impl State {
+    pub(super) fn apply_server(&mut self, revision: u64, env: &Envelope) -> Applied {
+        match &env.command {
+            Command::CreateServers { servers, ratios } => {
+                self.create_servers(revision, env, servers, ratios)
+            }
+            Command::ServerObserved {
+                host_id,
+                lease_id,
+                servers,
+            } => self.observe(revision, env, host_id, *lease_id, servers),
+            Command::ServerRequest {
+                server_id,
+                operation_id,
+                request,
+            } => self.server_request(revision, env, server_id, operation_id, request),
+            Command::RescheduleServer {
+                server_id,
+                host_id,
+                ratios,
+            } => self.reschedule(revision, env, server_id, host_id, ratios),
+            Command::OperationStepResult {
+                operation_id,
+                ok,
+                message,
+            } => self.step_result(revision, env, operation_id, *ok, message),
+            _ => unreachable!("apply_server called with a non-server command"),
+        }
+    }
+
+    fn create_servers(
+        &mut self,
+        revision: u64,
+        env: &Envelope,
+        new: &[NewServer],
+        ratios: &AllocationRatios,
+    ) -> Applied {
+        let first = new
+            .first()
+            .ok_or_else(|| Rejection::Invalid("no servers to create".into()))?;
+        let project = self
+            .projects
+            .get(&first.project_id)
+            .ok_or_else(|| Rejection::not_found("project", &first.project_id))?;
+        if !project.enabled {
+            return Err(Rejection::FailedPrecondition(format!(
+                "project {:?} is disabled",
+                project.name
+            )));
+        }
+        // Re-check every placement against current usage, the servers of this create
+        // included (I3): the scheduler ran on a snapshot that may be stale by now.
+        let mut planned: BTreeMap<String, Capacity> = BTreeMap::new();
+        let mut total = ResourceDelta::new();
+        for s in new {
+            validate::name("server", &s.name).map_err(Rejection::Invalid)?;
+            validate::properties("server", &s.metadata).map_err(Rejection::Invalid)?;
+            if s.project_id != first.project_id {
+                return Err(Rejection::Invalid("one create is for one project".into()));
+            }
+            if self.servers.contains_key(&s.id) || self.operations.contains_key(&s.operation_id) {
+                return Err(Rejection::Invalid(format!("server id {} is taken", s.id)));
+            }
+            let image = self
+                .images
+                .get(&s.image_id)
+                .filter(|i| i.usable_by(&s.project_id))
+                .ok_or_else(|| Rejection::not_found("image", &s.image_id))?;
+            if image.status != ImageStatus::Active {
+                return Err(Rejection::FailedPrecondition(format!(
+                    "image {:?} is {}; servers boot from active images only",
+                    image.name,
+                    image.status.as_str()
+                )));
+            }
+            let request = capacity::request_for(&s.flavor, image);
+            let host = self.schedulable_host(&s.host_id)?;
+            let mut view = capacity::host_view(host);
+            let before = planned.get(&s.host_id).copied().unwrap_or_default();
+            view.used = view.used.saturating_add(before);
+            check_fits(&view, ratios, &request)?;
+            planned.insert(s.host_id.clone(), before.saturating_add(request.claim()));
+            for (r, v) in s.flavor.quota() {
+                *total.entry(r).or_insert(0) += v;
+            }
+        }
+        self.charge(&first.project_id, &total)
+            .map_err(|e| Rejection::QuotaExceeded(e.to_string()))?;
+        let mut created = Vec::new();
+        for s in new {
+            let image = &self.images[&s.image_id];
+            let claim = capacity::request_for(&s.flavor, image).claim();
+            let server = Server {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                project_id: s.project_id.clone(),
+                user_id: s.user_id.clone(),
+                flavor: s.flavor.clone(),
+                image: BootImage {
+                    id: image.id.clone(),
+                    sha256: image.sha256.clone(),
+                    disk_format: image.disk_format,
+                    size_bytes: image.size_bytes,
+                },
+                claim,
+                status: ServerStatus::Build,
+                task_state: "spawning".into(),
+                power_state: PowerState::NoState,
+                desired_power: DesiredPower::Running,
+                host_id: s.host_id.clone(),
+                placement_generation: 1,
+                availability_zone: s.availability_zone.clone(),
+                locked: false,
+                locked_reason: String::new(),
+                fault: None,
+                metadata: s.metadata.clone(),
+                user_data: s.user_data.clone(),
+                launched_at_ms: 0,
+                current_operation_id: s.operation_id.clone(),
+                failed_hosts: Vec::new(),
+                boot_failure: String::new(),
+                operation_ids: vec![s.operation_id.clone()],
+                meta: Meta::new(revision, env.time_ms),
+            };
+            self.start_operation(
+                revision,
+                env,
+                NewOperation {
+                    id: &s.operation_id,
+                    kind: "create",
+                    resource_type: "server",
+                    resource_id: &server.id,
+                    resource_name: &server.name,
+                    project_id: &server.project_id,
+                    step: "spawning",
+                },
+            );
+            self.account_host(&s.host_id, claim, false);
+            self.servers.insert(server.id.clone(), server.clone());
+            created.push(server);
+        }
+        let change = change(&created[0], EventAction::Created);
+        Ok((Outcome::Servers(created), Some(change)))
+    }
+
+    fn server_request(
+        &mut self,
+        revision: u64,
+        env: &Envelope,
+        server_id: &str,
+        operation_id: &str,
+        request: &ServerRequest,
+    ) -> Applied {
+        let mut s = self.existing_server(server_id)?.clone();
+        if self.operations.contains_key(operation_id) {
+            return Err(Rejection::Invalid(format!(
+                "operation id {operation_id} is taken"
+            )));
+        }
+        let refuse = |s: &Server, what: &str, allowed: &str| {
+            Err(Rejection::FailedPrecondition(format!(
+                "server {:?} is {}{}; {what} needs {allowed}",
+                s.name,
+                s.status.as_str(),
+                if s.task_state.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.task_state)
+                }
+            )))
+        };
+        let idle = s.task_state.is_empty();
+        let step = match request {
+            ServerRequest::Lock { .. } | ServerRequest::Unlock => "done",
+            ServerRequest::Start if idle && s.status == ServerStatus::Shutoff => "powering-on",
+            ServerRequest::Start => return refuse(&s, "start", "a SHUTOFF server"),
+            ServerRequest::Stop if idle && s.status == ServerStatus::Active => "powering-off",
+            ServerRequest::Stop => return refuse(&s, "stop", "an ACTIVE server"),
+            ServerRequest::Reboot { hard: false } if idle && s.status == ServerStatus::Active => {
+                "rebooting"
+            }
+            ServerRequest::Reboot { hard: true }
+                if s.status == ServerStatus::Active
+                    || (s.status == ServerStatus::Reboot && s.task_state == "rebooting") =>
+            {
+                "rebooting_hard"
+            }
+            ServerRequest::Reboot { .. } => return refuse(&s, "reboot", "an ACTIVE server"),
+            ServerRequest::Delete if s.status == ServerStatus::Deleting => {
+                return Ok((Outcome::Server(Box::new(s)), None))
+            }
+            ServerRequest::Delete => "deleting",
+        };
+        // A request replaces what was under way (a hard reboot a stuck soft one, a delete
+        // anything): the replaced operation ends as failed, saying why.
+        if !s.current_operation_id.is_empty() && step != "done" {
+            let previous = s.current_operation_id.clone();
+            let note = format!("superseded by {}", request.kind());
+            self.finish_operation(revision, env, &previous, false, &note);
+        }
+        self.start_operation(
+            revision,
+            env,
+            NewOperation {
+                id: operation_id,
+                kind: request.kind(),
+                resource_type: "server",
+                resource_id: &s.id,
+                resource_name: &s.name,
+                project_id: &s.project_id,
+                step,
+            },
+        );
+        push_operation(&mut s, operation_id);
+        match request {
+            ServerRequest::Lock { reason } => {
+                s.locked = true;
+                s.locked_reason = reason.clone();
+                self.finish_operation(revision, env, operation_id, true, "");
+                return self.store_server(revision, env, s);
+            }
+            ServerRequest::Unlock => {
+                s.locked = false;
+                s.locked_reason.clear();
+                self.finish_operation(revision, env, operation_id, true, "");
+                return self.store_server(revision, env, s);
+            }
+            ServerRequest::Start => s.desired_power = DesiredPower::Running,
+            ServerRequest::Stop => s.desired_power = DesiredPower::Shutdown,
+            ServerRequest::Reboot { hard } => {
+                s.status = if *hard {
+                    ServerStatus::HardReboot
+                } else {
+                    ServerStatus::Reboot
+                };
+                s.desired_power = DesiredPower::Running;
+            }
+            ServerRequest::Delete => s.status = ServerStatus::Deleting,
+        }
+        s.task_state = step.into();
+        s.current_operation_id = operation_id.to_owned();
+        if matches!(request, ServerRequest::Delete) {
+            // Nothing runs it (no host, or its host is down: its agent destroys the stale copy
+            // before starting anything when it returns, I7), so the delete completes now.
+            let host_up = self.hosts.get(&s.host_id).is_some_and(Host::is_up);
+            if !host_up {
+                return Ok(self.finish_delete(revision, env, s));
+            }
+        }
+        self.store_server(revision, env, s)
+    }
+
+    fn reschedule(
+        &mut self,
+        revision: u64,
+        env: &Envelope,
+        id: &str,
+        host_id: &str,
+        ratios: &AllocationRatios,
+    ) -> Applied {
+        let mut s = self.existing_server(id)?.clone();
+        if s.status != ServerStatus::Build || s.boot_failure.is_empty() {
+            return Ok((Outcome::Server(Box::new(s)), None));
+        }
+        if host_id.is_empty() {
+            let reason = format!(
+                "no valid host left after {} failed boot(s); last failure: {}",
+                s.failed_hosts.len(),
+                s.boot_failure
+            );
+            self.fail_boot(revision, env, &mut s, reason);
+            return self.store_server(revision, env, s);
+        }
+        if s.failed_hosts.iter().any(|h| h == host_id) {
+            return Err(Rejection::FailedPrecondition(
+                "the boot already failed on that host".into(),
+            ));
+        }
+        let view = capacity::host_view(self.schedulable_host(host_id)?);
+        let image = self
+            .images
+            .get(&s.image.id)
+            .ok_or_else(|| Rejection::not_found("image", &s.image.id))?;
+        check_fits(&view, ratios, &capacity::request_for(&s.flavor, image))?;
+        let old = std::mem::replace(&mut s.host_id, host_id.to_owned());
+        self.account_host(&old, s.claim, true);
+        self.account_host(host_id, s.claim, false);
+        s.placement_generation += 1;
+        s.boot_failure.clear();
+        s.task_state = "spawning".into();
+        self.operation_step(revision, env, &s.current_operation_id, "spawning");
+        self.store_server(revision, env, s)
+    }
+
+    /// An agent's answer to a command step (reboots).
+    fn step_result(
+        &mut self,
+        revision: u64,
+        env: &Envelope,
+        op_id: &str,
+        ok: bool,
+        message: &str,
+    ) -> Applied {
+        let Some(op) = self.operations.get(op_id).filter(|o| !o.state.finished()) else {
+            return Ok((Outcome::Unchanged, None));
+        };
+        let server_id = op.resource_id.clone();
+        self.finish_operation(revision, env, op_id, ok, message);
+        let Some(mut s) = self.servers.get(&server_id).cloned() else {
+            return Ok((Outcome::Unchanged, None));
+        };
+        if s.current_operation_id == op_id {
+            s.task_state.clear();
+            s.status = ServerStatus::Active;
+            if !ok {
+                s.fault = Some(Fault {
+                    message: message.to_owned(),
+                    time_ms: env.time_ms,
+                });
+            }
+        }
+        self.store_server(revision, env, s)
+    }
+
+    fn observe(
+        &mut self,
+        revision: u64,
+        env: &Envelope,
+        host_id: &str,
+        lease_id: u64,
+        observed: &[ObservedServer],
+    ) -> Applied {
+        let host = self.existing_host(host_id)?;
+        if host.lease_id != lease_id {
+            return Err(Rejection::FailedPrecondition(format!(
+                "a report under lease {lease_id} of host {:?}, which holds lease {} now",
+                host.info.hostname, host.lease_id
+            )));
+        }
+        let mine: Vec<String> = self
+            .servers
+            .values()
+            .filter(|s| s.host_id == host_id)
+            .map(|s| s.id.clone())
+            .collect();
+        let mut changes = Vec::new();
+        for id in mine {
+            let current = self.servers[&id].clone();
+            let seen = observed
+                .iter()
+                .find(|o| o.id == id && o.generation == current.placement_generation);
+            if current.status == ServerStatus::Deleting && seen.is_none() {
+                changes.extend(self.finish_delete(revision, env, current).1);
+                continue;
+            }
+            let next = self.advance(revision, env, current.clone(), seen);
+            if next != current {
+                changes.extend(self.store_server(revision, env, next)?.1);
+            }
+        }
+        let changed = changes.len();
+        let mut changes = changes.into_iter();
+        let first = changes.next();
+        self.more_changes.extend(changes);
+        Ok((Outcome::Observed { changed }, first))
+    }
+
+    /// A server's next state given what its host reports.
+    fn advance(
+        &mut self,
+        revision: u64,
+        env: &Envelope,
+        mut s: Server,
+        seen: Option<&ObservedServer>,
+    ) -> Server {
+        let Some(seen) = seen else {
+            // Not there yet (a boot in progress) or gone: the agent converges it.
+            s.power_state = PowerState::NoState;
+            return s;
+        };
+        s.power_state = seen.power;
+        let op = s.current_operation_id.clone();
+        if !seen.error.is_empty() {
+            s.fault = Some(Fault {
+                message: seen.error.clone(),
+                time_ms: env.time_ms,
+            });
+            if s.status == ServerStatus::Build && s.boot_failure.is_empty() {
+                s.failed_hosts.push(s.host_id.clone());
+                s.boot_failure = seen.error.clone();
+                if s.failed_hosts.len() as u32 >= MAX_BOOT_ATTEMPTS {
+                    let reason = format!(
+                        "the boot failed on {} hosts; last failure: {}",
+                        s.failed_hosts.len(),
+                        seen.error
+                    );
+                    self.fail_boot(revision, env, &mut s, reason);
+                } else {
+                    s.task_state = "rescheduling".into();
+                    self.operation_step(revision, env, &op, "rescheduling");
+                }
+            }
+            return s;
+        }
+        let down = matches!(seen.power, PowerState::Shutdown | PowerState::Crashed);
+        match s.task_state.as_str() {
+            "spawning" if seen.power == PowerState::Running => {
+                s.status = ServerStatus::Active;
+                s.task_state.clear();
+                s.launched_at_ms = env.time_ms;
+                s.fault = None;
+                self.finish_operation(revision, env, &op, true, "");
+            }
+            "powering-on" if seen.power == PowerState::Running => {
+                s.status = ServerStatus::Active;
+                s.task_state.clear();
+                self.finish_operation(revision, env, &op, true, "");
+            }
+            "powering-off" if down => {
+                s.status = ServerStatus::Shutoff;
+                s.task_state.clear();
+                self.finish_operation(revision, env, &op, true, "");
+            }
+            "" if s.status == ServerStatus::Active && down => {
+                // Shut down from inside the guest, or crashed: like Nova's power-state sync,
+                // record it as stopped rather than start it again behind the user's back.
+                s.status = ServerStatus::Shutoff;
+                s.desired_power = DesiredPower::Shutdown;
+                let id = format!("{}-stopped-{revision}", s.id);
+                self.start_operation(
+                    revision,
+                    env,
+                    NewOperation {
+                        id: &id,
+                        kind: "stop (observed)",
+                        resource_type: "server",
+                        resource_id: &s.id,
+                        resource_name: &s.name,
+                        project_id: &s.project_id,
+                        step: "done",
+                    },
+                );
+                let note = "the server shut down by itself (from inside the guest, or it crashed)";
+                self.finish_operation(revision, env, &id, true, note);
+                push_operation(&mut s, &id);
+            }
+            _ => {}
+        }
+        s
+    }
+
+    fn fail_boot(&mut self, revision: u64, env: &Envelope, s: &mut Server, reason: String) {
+        s.status = ServerStatus::Error;
+        s.task_state.clear();
+        s.fault = Some(Fault {
+            message: reason.clone(),
+            time_ms: env.time_ms,
+        });
+        self.finish_operation(revision, env, &s.current_operation_id, false, &reason);
+    }
+
+    /// Removes a deleted server and gives back what it held.
+    fn finish_delete(
+        &mut self,
+        revision: u64,
+        env: &Envelope,
+        s: Server,
+    ) -> (Outcome, Option<Change<'static>>) {
+        self.finish_operation(revision, env, &s.current_operation_id, true, "");
+        self.account_host(&s.host_id, s.claim, true);
+        self.release(&s.project_id, &s.flavor.quota());
+        self.servers.remove(&s.id);
+        (Outcome::Deleted, Some(change(&s, EventAction::Deleted)))
+    }
+
+    fn existing_server(&self, id: &str) -> Result<&Server, Rejection> {
+        self.servers
+            .get(id)
+            .ok_or_else(|| Rejection::not_found("server", id))
+    }
+
+    fn schedulable_host(&self, id: &str) -> Result<&Host, Rejection> {
+        let host = self
+            .hosts
+            .get(id)
+            .ok_or_else(|| Rejection::not_found("host", id))?;
+        if !host.schedulable() {
+            return Err(Rejection::FailedPrecondition(format!(
+                "host {:?} cannot take new servers now (down or disabled)",
+                host.info.hostname
+            )));
+        }
+        Ok(host)
+    }
+
+    fn store_server(&mut self, revision: u64, env: &Envelope, mut next: Server) -> Applied {
+        if self.servers.get(&next.id) == Some(&next) {
+            return Ok((Outcome::Server(Box::new(next)), None));
+        }
+        next.meta.touch(revision, env.time_ms);
+        self.servers.insert(next.id.clone(), next.clone());
+        let change = change(&next, EventAction::Updated);
+        Ok((Outcome::Server(Box::new(next)), Some(change)))
+    }
+
+    pub fn server(&self, id: &str) -> Option<&Server> {
+        self.servers.get(id)
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = &Server> {
+        self.servers.values()
+    }
+
+    pub fn servers_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Server> + 'a {
+        super::page_after(&self.servers, after)
+    }
+
+    /// Servers a host should run (or shut down, or destroy: deleting ones are left out).
+    pub fn servers_on<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a Server> + 'a {
+        self.servers
+            .values()
+            .filter(move |s| s.host_id == host_id && s.status != ServerStatus::Deleting)
+    }
+
+    /// The first server that boots from the image, if any (an image in use cannot be deleted).
+    pub(super) fn server_using_image(&self, image_id: &str) -> Option<&Server> {
+        self.servers.values().find(|s| s.image.id == image_id)
+    }
+}
+
+/// The capacity re-check of a placement, with the scheduler's own filters (I3).
+fn check_fits(
+    host: &HostView,
+    ratios: &AllocationRatios,
+    request: &PlacementRequest,
+) -> Result<(), Rejection> {
+    crate::scheduler::fits(host, ratios, request).map_err(|reason| {
+        Rejection::FailedPrecondition(format!(
+            "host {:?} cannot take the server any more: {reason}",
+            host.name
+        ))
+    })
+}
+
+fn push_operation(s: &mut Server, op_id: &str) {
+    s.operation_ids.push(op_id.to_owned());
+    if s.operation_ids.len() > MAX_ACTIONS_PER_SERVER {
+        s.operation_ids.remove(0);
+    }
+}
+
+fn change(s: &Server, action: EventAction) -> Change<'static> {
+    Change {
+        resource_type: "server",
+        resource_id: s.id.clone(),
+        resource_name: s.name.clone(),
+        action,
+        project_id: s.project_id.clone(),
+    }
+}

@@ -1,0 +1,396 @@
+//! Process tests of compute on a real 3-controller cluster with scripted agents speaking the
+//! real agent protocol: registration and leases, servers placed, booted, stopped, started,
+//! rebooted and deleted through the API; a failed boot rescheduled; the leader killed mid-boot;
+//! a silent host declared down.
+mod support;
+
+use std::time::Duration;
+
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::flavor_service_client::FlavorServiceClient;
+use flotilla_proto::v1::host_service_client::HostServiceClient;
+use flotilla_proto::v1::identity_service_client::IdentityServiceClient;
+use flotilla_proto::v1::image_service_client::ImageServiceClient;
+use flotilla_proto::v1::server_service_client::ServerServiceClient;
+use support::agent::FakeAgent;
+use support::{request_id, wait_for, with_token, Client, Cluster, Options};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+const READY: Duration = Duration::from_secs(30);
+const CALL: Duration = Duration::from_secs(20);
+const CONVERGE: Duration = Duration::from_secs(30);
+const ALL: [u64; 3] = [1, 2, 3];
+
+struct World {
+    cluster: Cluster,
+    client: Client,
+    /// The admin user's token scoped to the `admin` project (servers belong to a project).
+    token: String,
+}
+
+impl World {
+    async fn start() -> World {
+        let cluster = Cluster::start(Options {
+            extra_toml: "[compute]\nlease_ttl_ms = 2000\nheartbeat_interval_ms = 300\n\
+                         lease_grace_ms = 1000\n\n[compute.allocation_ratios]\ncpu = 1.0\n\
+                         ram = 1.0\n"
+                .into(),
+            ..Options::default()
+        });
+        cluster.wait_ready(&ALL, READY).await;
+        let client = cluster.client();
+        let login = pb::LoginRequest {
+            user: support::ADMIN_USER.into(),
+            password: support::ADMIN_PASSWORD.into(),
+            project: "admin".into(),
+        };
+        let token = client
+            .call(CALL, |ch| {
+                let req = login.clone();
+                async move { IdentityServiceClient::new(ch).login(req).await }
+            })
+            .await
+            .expect("project-scoped login")
+            .value
+            .token;
+        let w = World {
+            cluster,
+            client,
+            token,
+        };
+        let flavor = pb::CreateFlavorRequest {
+            request_id: request_id(),
+            name: "tiny".into(),
+            vcpus: 2,
+            ram_mib: 1024,
+            disk_gib: 1,
+            ..Default::default()
+        };
+        w.call(|ch, t| {
+            let req = with_token(flavor.clone(), &t);
+            async move { FlavorServiceClient::new(ch).create_flavor(req).await }
+        })
+        .await
+        .expect("flavor");
+        w.image().await;
+        w
+    }
+
+    /// Calls with the project-scoped admin token, retrying as SDK clients do.
+    async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, Status>
+    where
+        F: Fn(Channel, String) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.client
+            .call(CALL, |ch| rpc(ch, self.token.clone()))
+            .await
+            .map(|a| a.value)
+    }
+
+    /// An active raw image named `disk`.
+    async fn image(&self) {
+        let create = pb::CreateImageRequest {
+            request_id: request_id(),
+            name: "disk".into(),
+            disk_format: pb::ImageDiskFormat::Raw as i32,
+            ..Default::default()
+        };
+        let image = self
+            .call(|ch, t| {
+                let req = with_token(create.clone(), &t);
+                async move { ImageServiceClient::new(ch).create_image(req).await }
+            })
+            .await
+            .expect("image");
+        let content: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8 + 1).collect();
+        let msgs = vec![
+            pb::UploadImageRequest {
+                data: Some(pb::upload_image_request::Data::Header(
+                    pb::UploadImageHeader {
+                        image: image.id.clone(),
+                        size_bytes: content.len() as u64,
+                        ..Default::default()
+                    },
+                )),
+            },
+            pb::UploadImageRequest {
+                data: Some(pb::upload_image_request::Data::Chunk(content)),
+            },
+        ];
+        let leader = self.cluster.wait_leader(&ALL, READY).await;
+        let req = with_token(tokio_stream::iter(msgs), &self.token);
+        let up = self
+            .client
+            .once(leader, |ch| async move {
+                ImageServiceClient::new(ch).upload_image(req).await
+            })
+            .await
+            .expect("upload");
+        assert_eq!(up.status(), pb::ImageStatus::Active);
+    }
+
+    fn agent(&self, hostname: &str) -> FakeAgent {
+        let peers = ALL
+            .iter()
+            .map(|&n| self.cluster.node(n).peer_address.clone())
+            .collect();
+        FakeAgent::start(hostname, peers)
+    }
+
+    async fn hosts(&self) -> Vec<pb::Host> {
+        self.call(|ch, t| async move {
+            HostServiceClient::new(ch)
+                .list_hosts(with_token(pb::ListHostsRequest::default(), &t))
+                .await
+        })
+        .await
+        .expect("hosts")
+        .hosts
+    }
+
+    async fn wait_hosts_up(&self, n: usize) {
+        wait_for(READY, "hosts up", || async {
+            let up = self
+                .hosts()
+                .await
+                .iter()
+                .filter(|h| h.state() == pb::HostState::Up)
+                .count();
+            (up == n).then_some(()).ok_or(format!("{up} up"))
+        })
+        .await;
+    }
+
+    async fn create(&self, name: &str, count: u32, host: &str) -> pb::CreateServerResponse {
+        let req = pb::CreateServerRequest {
+            request_id: request_id(),
+            name: name.into(),
+            flavor: "tiny".into(),
+            image: "disk".into(),
+            max_count: count,
+            host: host.into(),
+            ..Default::default()
+        };
+        self.call(|ch, t| {
+            let req = with_token(req.clone(), &t);
+            async move { ServerServiceClient::new(ch).create_server(req).await }
+        })
+        .await
+        .expect("create server")
+    }
+
+    async fn server(&self, id: &str) -> Result<pb::Server, Status> {
+        let req = pb::GetServerRequest {
+            server: id.into(),
+            stale: false,
+        };
+        self.call(|ch, t| {
+            let req = with_token(req.clone(), &t);
+            async move { ServerServiceClient::new(ch).get_server(req).await }
+        })
+        .await
+    }
+
+    async fn wait_status(&self, id: &str, want: pb::ServerStatus) -> pb::Server {
+        wait_for(CONVERGE, "server status", || async {
+            let s = self.server(id).await.map_err(|e| format!("{e:?}"))?;
+            (s.status() == want && s.task_state.is_empty())
+                .then_some(s.clone())
+                .ok_or(format!("{:?} {:?}", s.status(), s.task_state))
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_boot_stop_start_reboot_and_delete_through_agents() {
+    let _serial = support::serial().await;
+    let w = World::start().await;
+    let a = w.agent("node-a");
+    let b = w.agent("node-b");
+    w.wait_hosts_up(2).await;
+
+    // Two servers at once spread over the two hosts (8 vCPUs each, flavor 2).
+    let created = w.create("web", 2, "").await;
+    assert_eq!(created.servers.len(), 2);
+    let hosts: std::collections::BTreeSet<_> =
+        created.servers.iter().map(|s| s.host.clone()).collect();
+    assert_eq!(hosts.len(), 2, "spread over both hosts: {hosts:?}");
+    for s in &created.servers {
+        let active = w.wait_status(&s.id, pb::ServerStatus::Active).await;
+        assert_eq!(active.power_state(), pb::ServerPowerState::Running);
+        assert_eq!(active.placement_generation, 1);
+    }
+    let id = created.servers[0].id.clone();
+    let agent = if created.servers[0].host == "node-a" {
+        &a
+    } else {
+        &b
+    };
+    assert!(
+        agent.with(|s| s.local.contains_key(&id)),
+        "the agent holds it"
+    );
+
+    let stop = pb::StopServerRequest {
+        request_id: request_id(),
+        server: id.clone(),
+    };
+    w.call(|ch, t| {
+        let req = with_token(stop.clone(), &t);
+        async move { ServerServiceClient::new(ch).stop_server(req).await }
+    })
+    .await
+    .expect("stop");
+    w.wait_status(&id, pb::ServerStatus::Shutoff).await;
+    let again = w
+        .call(|ch, t| {
+            let req = with_token(stop.clone(), &t);
+            async move { ServerServiceClient::new(ch).stop_server(req).await }
+        })
+        .await;
+    assert!(
+        again.is_ok(),
+        "a retried request id returns the first outcome: {again:?}"
+    );
+    let fresh_stop = pb::StopServerRequest {
+        request_id: request_id(),
+        server: id.clone(),
+    };
+    let err = w
+        .call(|ch, t| {
+            let req = with_token(fresh_stop.clone(), &t);
+            async move { ServerServiceClient::new(ch).stop_server(req).await }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    let start = pb::StartServerRequest {
+        request_id: request_id(),
+        server: id.clone(),
+    };
+    w.call(|ch, t| {
+        let req = with_token(start.clone(), &t);
+        async move { ServerServiceClient::new(ch).start_server(req).await }
+    })
+    .await
+    .expect("start");
+    w.wait_status(&id, pb::ServerStatus::Active).await;
+
+    let reboot = pb::RebootServerRequest {
+        request_id: request_id(),
+        server: id.clone(),
+        hard: true,
+    };
+    w.call(|ch, t| {
+        let req = with_token(reboot.clone(), &t);
+        async move { ServerServiceClient::new(ch).reboot_server(req).await }
+    })
+    .await
+    .expect("reboot");
+    w.wait_status(&id, pb::ServerStatus::Active).await;
+    assert!(agent.with(|s| s
+        .commands
+        .iter()
+        .any(|c| matches!(&c.payload, Some(pb::agent_command::Payload::Reboot(r)) if r.hard && r.server_id == id))));
+
+    let actions = w
+        .call(|ch, t| {
+            let req = with_token(
+                pb::ListServerActionsRequest {
+                    server: id.clone(),
+                    ..Default::default()
+                },
+                &t,
+            );
+            async move { ServerServiceClient::new(ch).list_server_actions(req).await }
+        })
+        .await
+        .expect("actions");
+    let kinds: Vec<_> = actions.actions.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(kinds, ["create", "stop", "start", "reboot --hard"]);
+    assert!(actions
+        .actions
+        .iter()
+        .all(|a| a.result() == pb::ServerActionResult::Success && a.user_id == "admin"));
+
+    for s in &created.servers {
+        let del = pb::DeleteServerRequest {
+            request_id: request_id(),
+            server: s.id.clone(),
+        };
+        w.call(|ch, t| {
+            let req = with_token(del.clone(), &t);
+            async move { ServerServiceClient::new(ch).delete_server(req).await }
+        })
+        .await
+        .expect("delete");
+    }
+    for s in &created.servers {
+        wait_for(CONVERGE, "server gone", || async {
+            match w.server(&s.id).await {
+                Err(e) if e.code() == Code::NotFound => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    assert!(a.with(|s| s.local.is_empty()) && b.with(|s| s.local.is_empty()));
+    let hosts = w.hosts().await;
+    assert!(
+        hosts.iter().all(|h| h.usage.unwrap().vcpus == 0),
+        "{hosts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_boot_is_rescheduled_and_a_leader_killed_mid_boot_does_not_stop_it() {
+    let _serial = support::serial().await;
+    let w = World::start().await;
+    let a = w.agent("node-a");
+    let b = w.agent("node-b");
+    w.wait_hosts_up(2).await;
+
+    a.with(|s| s.fail_all = Some("qemu-img create failed: no space left on device".into()));
+    let created = w.create("retry", 1, "node-a").await;
+    let id = created.servers[0].id.clone();
+    let s = w.wait_status(&id, pb::ServerStatus::Active).await;
+    assert_eq!((s.host.as_str(), s.placement_generation), ("node-b", 2));
+    assert!(b.with(|s| s.local.contains_key(&id)));
+    wait_for(CONVERGE, "the failed copy on node-a removed", || async {
+        (!a.with(|s| s.local.contains_key(&id)))
+            .then_some(())
+            .ok_or("still there".to_owned())
+    })
+    .await;
+
+    // Mid-boot: the host has the desired state but has not booted yet when the leader dies.
+    b.with(|s| s.hold = true);
+    let created = w.create("survivor", 1, "node-b").await;
+    let id = created.servers[0].id.clone();
+    let leader = w.cluster.wait_leader(&ALL, READY).await;
+    w.cluster.kill(leader);
+    let rest: Vec<u64> = ALL.into_iter().filter(|&n| n != leader).collect();
+    w.cluster.wait_leader(&rest, READY).await;
+    b.release();
+    let s = w.wait_status(&id, pb::ServerStatus::Active).await;
+    assert_eq!(s.host, "node-b");
+    assert!(
+        b.with(|s| s.registered) >= 2,
+        "the agent registered with the new leader"
+    );
+
+    // A host whose agent goes silent is declared down after its lease and grace.
+    drop(a);
+    wait_for(CONVERGE, "node-a down", || async {
+        let hosts = w.hosts().await;
+        let h = hosts.iter().find(|h| h.hostname == "node-a").unwrap();
+        (h.state() == pb::HostState::Down && h.down_since_ms > 0)
+            .then_some(())
+            .ok_or(format!("{:?}", h.state()))
+    })
+    .await;
+}
