@@ -177,7 +177,8 @@ impl AgentHub {
 pub struct Duties {
     pub down: Vec<(String, u64)>,
     pub reschedule: Vec<(String, String)>,
-    pub reboots: Vec<(String, pb::AgentCommand)>,
+    /// Command steps to send: (host id, command).
+    pub commands: Vec<(String, pb::AgentCommand)>,
 }
 
 /// Hosts whose last heartbeat is older than `limit`, given `beats`; hosts without an entry get
@@ -221,8 +222,47 @@ pub fn duties(state: &State, ratios: &AllocationRatios) -> Duties {
                     .unwrap_or_default();
                 duties.reschedule.push((s.id.clone(), target));
             }
+            "rebuilding" => {
+                duties.commands.push((
+                    s.host_id.clone(),
+                    pb::AgentCommand {
+                        operation_id: s.current_operation_id.clone(),
+                        step: s.task_state.clone(),
+                        payload: Some(pb::agent_command::Payload::Rebuild(pb::RebuildCommand {
+                            server_id: s.id.clone(),
+                            image_id: s.image.id.clone(),
+                            image_sha256: s.image.sha256.clone(),
+                            image_size_bytes: s.image.size_bytes,
+                            image_disk_format: super::convert::disk_format(s.image.disk_format)
+                                as i32,
+                        })),
+                    },
+                ));
+            }
+            "image_snapshot" | "image_backup" => {
+                let op = &s.current_operation_id;
+                let target = state
+                    .images()
+                    .find(|i| i.upload.as_ref().is_some_and(|u| &u.id == op));
+                if let Some(image) = target {
+                    duties.commands.push((
+                        s.host_id.clone(),
+                        pb::AgentCommand {
+                            operation_id: op.clone(),
+                            step: s.task_state.clone(),
+                            payload: Some(pb::agent_command::Payload::Snapshot(
+                                pb::SnapshotCommand {
+                                    server_id: s.id.clone(),
+                                    image_id: image.id.clone(),
+                                    disk_format: pb::ImageDiskFormat::Qcow2 as i32,
+                                },
+                            )),
+                        },
+                    ));
+                }
+            }
             "rebooting" | "rebooting_hard" => {
-                duties.reboots.push((
+                duties.commands.push((
                     s.host_id.clone(),
                     pb::AgentCommand {
                         operation_id: s.current_operation_id.clone(),
@@ -285,7 +325,7 @@ pub async fn run(api: Api, hub: Arc<AgentHub>, lease: LeaseSettings, ratios: All
             };
             spawn_propose(&api, &actor, cmd);
         }
-        for (host_id, command) in duties.reboots {
+        for (host_id, command) in duties.commands {
             hub.send_once(&host_id, command);
         }
     }

@@ -21,6 +21,7 @@ use crate::images::stream::read_chunks;
 use crate::images::ImageRuntime;
 use crate::state::{
     Command, DesiredPower, HostRegistration, ImageStatus, ObservedServer, PowerState, State,
+    AGENT_UPLOAD,
 };
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
@@ -333,11 +334,77 @@ impl AgentService for AgentApi {
 
     async fn upload_snapshot(
         &self,
-        _req: Request<Streaming<pb::UploadImageRequest>>,
+        req: Request<Streaming<pb::UploadImageRequest>>,
     ) -> Result<Response<pb::Image>, Status> {
-        Err(Status::unimplemented(
-            "flotilla.v1.AgentService.UploadSnapshot (server backups) is not implemented in this \
-             release of Flotilla yet",
-        ))
+        let mut stream = req.into_inner();
+        let header = match stream.next().await.transpose()? {
+            Some(pb::UploadImageRequest {
+                data: Some(pb::upload_image_request::Data::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be the header",
+                ))
+            }
+        };
+        let op_id = header.request_id.clone();
+        let image = {
+            let state = self.api.node.state();
+            let image = state
+                .image(&header.image)
+                .filter(|i| {
+                    i.upload
+                        .as_ref()
+                        .is_some_and(|u| u.id == op_id && u.controller_id == AGENT_UPLOAD)
+                })
+                .cloned();
+            image.ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "image {:?} is not waiting for the snapshot of operation {op_id:?}",
+                    header.image
+                ))
+            })?
+        };
+        let images = super::ImageApi {
+            api: self.api.clone(),
+            runtime: self.images.clone(),
+        };
+        let (result, failure) =
+            super::image_transfer::receive_started(&images, &image, &mut stream).await;
+        let actor = format!("controller-{}", self.api.node.id());
+        let finish = Command::FinishImageUpload {
+            image_id: image.id.clone(),
+            upload_id: op_id.clone(),
+            result,
+        };
+        let finished = super::image_transfer::propose_persistently(
+            &self.api,
+            &format!("{op_id}:finish"),
+            &actor,
+            finish,
+        )
+        .await;
+        let step = Command::OperationStepResult {
+            operation_id: op_id.clone(),
+            ok: failure.is_none() && finished.is_ok(),
+            message: failure
+                .as_ref()
+                .map(|s| s.message().to_owned())
+                .unwrap_or_default(),
+        };
+        super::image_transfer::propose_persistently(
+            &self.api,
+            &format!("{op_id}:step"),
+            &actor,
+            step,
+        )
+        .await?;
+        if let Some(status) = failure {
+            return Err(status);
+        }
+        match finished? {
+            crate::state::Outcome::Image(i) => Ok(Response::new(super::convert::image(&i))),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 }

@@ -13,6 +13,7 @@ pub fn status(s: ServerStatus) -> pb::ServerStatus {
         ServerStatus::HardReboot => pb::ServerStatus::HardReboot,
         ServerStatus::Error => pb::ServerStatus::Error,
         ServerStatus::Deleting => pb::ServerStatus::Deleted,
+        ServerStatus::Rebuild => pb::ServerStatus::Rebuild,
     }
 }
 

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use super::ImageApi;
-use crate::state::{Command, ImageStatus, UploadResult};
+use crate::state::{Command, ImageStatus, UploadResult, AGENT_UPLOAD};
 
 /// Runs forever; spawn it.
 pub async fn run(images: ImageApi) {
@@ -41,7 +41,12 @@ pub async fn maintain_once(images: &ImageApi) {
             if image.status == ImageStatus::Active {
                 wanted.push(image.sha256.clone());
             }
-            let Some(upload) = &image.upload else {
+            // Server snapshots are uploaded by an agent and ended by their operation.
+            let upload = image
+                .upload
+                .as_ref()
+                .filter(|u| u.controller_id != AGENT_UPLOAD);
+            let Some(upload) = upload else {
                 continue;
             };
             let mine_and_dead = upload.controller_id == self_id && !rt.is_live(&upload.id);

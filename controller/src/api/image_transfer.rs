@@ -59,7 +59,7 @@ fn digests(h: &pb::UploadImageHeader) -> Result<ExpectedDigests, Status> {
 
 /// Proposes, retrying while the cluster has no leader (the outcome of a finished transfer must
 /// not be lost to an election). Same request id each time, so a retry is deduplicated.
-async fn propose_persistently(
+pub(crate) async fn propose_persistently(
     api: &Api,
     request_id: &str,
     actor: &str,
@@ -179,6 +179,35 @@ where
     match image.status {
         ImageStatus::Active => Ok(image),
         _ => Err(Status::resource_exhausted(image.status_reason.clone())),
+    }
+}
+
+/// Stores an upload that the caller already checked and started (a server snapshot sent by an
+/// agent): content after the header, into the blob store, inspected and copied like a user's
+/// upload. Returns how it ended, for `FinishImageUpload`, and the status to answer with.
+pub(crate) async fn receive_started<S>(
+    images: &ImageApi,
+    image: &Image,
+    stream: &mut S,
+) -> (UploadResult, Option<Status>)
+where
+    S: Stream<Item = Result<pb::UploadImageRequest, Status>> + Unpin + Send,
+{
+    let limit = images.runtime.max_image_bytes;
+    match receive(images, image, ExpectedDigests::default(), limit, 0, stream).await {
+        Ok(stored) => (stored, None),
+        Err(Failure::Refused(s)) => (
+            UploadResult::Refused {
+                reason: s.message().to_owned(),
+            },
+            Some(s),
+        ),
+        Err(Failure::Interrupted(s)) => (
+            UploadResult::Refused {
+                reason: s.message().to_owned(),
+            },
+            Some(s),
+        ),
     }
 }
 

@@ -18,7 +18,7 @@ use super::{
 use crate::scheduler::{self, AllocationRatios};
 use crate::state::{
     validate, Command, FlavorSnapshot, ImageStatus, NewServer, Outcome, Server, ServerRequest,
-    State,
+    SnapshotSpec, State,
 };
 
 /// Most servers one create may ask for.
@@ -63,6 +63,7 @@ impl ServerApi {
         p: Principal,
         request_id: String,
         key: &str,
+        operation_id: String,
         request: ServerRequest,
     ) -> Result<(Server, String), Status> {
         let server_id = {
@@ -85,10 +86,9 @@ impl ServerApi {
             }
             s.id.clone()
         };
-        let operation_id = new_id();
         let cmd = Command::ServerRequest {
             server_id: server_id.clone(),
-            operation_id: operation_id.clone(),
+            operation_id,
             request,
         };
         let outcome = self.api.propose(request_id, p.name, cmd).await?;
@@ -96,6 +96,8 @@ impl ServerApi {
             Outcome::Server(s) => *s,
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         };
+        // A retried request gets the operation of its first attempt (the server's current one).
+        let operation_id = server.current_operation_id.clone();
         Ok((server, operation_id))
     }
 
@@ -343,7 +345,7 @@ impl ServerService for ServerApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let (_, op) = self
-            .act(p, r.request_id, &r.server, ServerRequest::Start)
+            .act(p, r.request_id, &r.server, new_id(), ServerRequest::Start)
             .await?;
         Ok(operation_ref(op))
     }
@@ -355,7 +357,7 @@ impl ServerService for ServerApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let (_, op) = self
-            .act(p, r.request_id, &r.server, ServerRequest::Stop)
+            .act(p, r.request_id, &r.server, new_id(), ServerRequest::Stop)
             .await?;
         Ok(operation_ref(op))
     }
@@ -367,7 +369,9 @@ impl ServerService for ServerApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let request = ServerRequest::Reboot { hard: r.hard };
-        let (_, op) = self.act(p, r.request_id, &r.server, request).await?;
+        let (_, op) = self
+            .act(p, r.request_id, &r.server, new_id(), request)
+            .await?;
         Ok(operation_ref(op))
     }
 
@@ -378,7 +382,9 @@ impl ServerService for ServerApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let request = ServerRequest::Lock { reason: r.reason };
-        let (s, _) = self.act(p, r.request_id, &r.server, request).await?;
+        let (s, _) = self
+            .act(p, r.request_id, &r.server, new_id(), request)
+            .await?;
         Ok(Response::new(cc::server(&self.api.node.state(), &s)))
     }
 
@@ -389,9 +395,69 @@ impl ServerService for ServerApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let (s, _) = self
-            .act(p, r.request_id, &r.server, ServerRequest::Unlock)
+            .act(p, r.request_id, &r.server, new_id(), ServerRequest::Unlock)
             .await?;
         Ok(Response::new(cc::server(&self.api.node.state(), &s)))
+    }
+
+    async fn rebuild_server(
+        &self,
+        req: Request<pb::RebuildServerRequest>,
+    ) -> Result<Response<pb::OperationRef>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        if r.name.is_some() {
+            return Err(Status::unimplemented(
+                "renaming during a rebuild is not implemented yet; rename with UpdateServer",
+            ));
+        }
+        let image_id = {
+            let state = self.api.read(false).await?;
+            if r.image.is_empty() {
+                resolve(&state, &p, &r.server)?.image.id.clone()
+            } else {
+                super::image::resolve(&state, &p, &r.image)?.id.clone()
+            }
+        };
+        let request = ServerRequest::Rebuild { image_id };
+        let (_, op) = self
+            .act(p, r.request_id, &r.server, new_id(), request)
+            .await?;
+        Ok(operation_ref(op))
+    }
+
+    async fn backup_server(
+        &self,
+        req: Request<pb::BackupServerRequest>,
+    ) -> Result<Response<pb::ServerImageResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        required("backup_type", &r.backup_type)?;
+        if r.rotation == 0 {
+            return Err(Status::invalid_argument("rotation must be at least 1"));
+        }
+        let spec = SnapshotSpec {
+            image_id: new_id(),
+            name: r.name,
+            properties: BTreeMap::new(),
+            backup: Some((r.backup_type, r.rotation)),
+        };
+        self.snapshot(p, r.request_id, &r.server, spec).await
+    }
+
+    async fn create_server_image(
+        &self,
+        req: Request<pb::CreateServerImageRequest>,
+    ) -> Result<Response<pb::ServerImageResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let spec = SnapshotSpec {
+            image_id: new_id(),
+            name: r.name,
+            properties: r.metadata.into_iter().collect(),
+            backup: None,
+        };
+        self.snapshot(p, r.request_id, &r.server, spec).await
     }
 
     async fn list_server_actions(
@@ -466,6 +532,25 @@ impl ServerService for ServerApi {
 }
 
 impl ServerApi {
+    async fn snapshot(
+        &self,
+        p: Principal,
+        request_id: String,
+        server: &str,
+        spec: SnapshotSpec,
+    ) -> Result<Response<pb::ServerImageResponse>, Status> {
+        validate::name("image", &spec.name).map_err(Status::invalid_argument)?;
+        // The new image takes the operation's id, so a retried request finds both again.
+        let op = spec.image_id.clone();
+        let (_, op) = self
+            .act(p, request_id, server, op, ServerRequest::Snapshot(spec))
+            .await?;
+        Ok(Response::new(pb::ServerImageResponse {
+            operation_id: op.clone(),
+            image_id: op,
+        }))
+    }
+
     /// Delete: the server may be gone by the time the command is applied (host down).
     async fn act_deleting(
         &self,

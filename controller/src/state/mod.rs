@@ -15,6 +15,7 @@ mod operations;
 mod outcome;
 mod projects;
 mod quota;
+mod server_steps;
 mod servers;
 pub mod validate;
 
@@ -40,9 +41,10 @@ pub use quota::{
     admit, validate_limits, Amounts, ProjectQuota, QuotaExceeded, QuotaItem, Resource,
     ResourceDelta, UNLIMITED,
 };
+pub use server_steps::AGENT_UPLOAD;
 pub use servers::{
     BootImage, DesiredPower, Fault, FlavorSnapshot, NewServer, ObservedServer, PowerState, Server,
-    ServerRequest, ServerStatus, MAX_BOOT_ATTEMPTS,
+    ServerRequest, ServerStatus, SnapshotSpec, MAX_BOOT_ATTEMPTS,
 };
 
 /// Format of encoded snapshots of [`State`]. 2: identity and quotas were added. 3: images.
@@ -107,6 +109,8 @@ pub struct State {
     servers: BTreeMap<String, Server>,
     operations: BTreeMap<String, Operation>,
     finished_operations: operations::FinishedOrder,
+    /// Backup operation id → (backup type, how many of that type to keep).
+    backup_rotations: BTreeMap<String, (String, u32)>,
     // Derived lookups, rebuilt after decoding and never encoded.
     #[serde(skip)]
     project_names: BTreeMap<String, String>,

@@ -418,3 +418,110 @@ fn a_guest_that_shuts_itself_down_is_recorded_as_stopped_and_replicas_agree() {
     assert_eq!(decoded.checksum(), log.state.checksum());
     assert_eq!(decoded.host("node1").map(|h| h.id.as_str()), Some("h1"));
 }
+
+fn snapshot(server: &str, op: &str, backup: Option<(&str, u32)>) -> Command {
+    Command::ServerRequest {
+        server_id: server.into(),
+        operation_id: op.into(),
+        request: ServerRequest::Snapshot(SnapshotSpec {
+            image_id: op.into(),
+            name: format!("snap-{op}"),
+            properties: BTreeMap::new(),
+            backup: backup.map(|(k, r)| (k.to_owned(), r)),
+        }),
+    }
+}
+
+fn agent_uploads(log: &mut Log, op: &str) {
+    log.ok(Command::FinishImageUpload {
+        image_id: op.into(),
+        upload_id: op.into(),
+        result: UploadResult::Stored {
+            size_bytes: 5 << 20,
+            virtual_size_bytes: GIB,
+            sha256: format!("{:0>64}", op.len()),
+            md5: "00".repeat(16),
+        },
+    });
+    log.ok(Command::OperationStepResult {
+        operation_id: op.into(),
+        ok: true,
+        message: String::new(),
+    });
+}
+
+#[test]
+fn backups_become_images_of_the_project_and_rotate_out_the_oldest() {
+    let mut log = setup();
+    log.ok(create(vec![new_server("s1", "h1")]));
+    log.report("h1", &[("s1", PowerState::Running, 1, "")]);
+    for op in ["b1", "b2", "b3"] {
+        log.ok(snapshot("s1", op, Some(("daily", 2))));
+        let img = log.state.image(op).unwrap();
+        assert_eq!(img.status, ImageStatus::Saving);
+        assert_eq!(img.properties["image_type"], "backup");
+        assert_eq!(log.server("s1").task_state, "image_backup");
+        agent_uploads(&mut log, op);
+        assert_eq!(log.server("s1").task_state, "");
+        assert_eq!(log.op(op).state, OpState::Succeeded);
+    }
+    assert!(
+        log.state.image("b1").is_none(),
+        "the oldest daily backup rotated out"
+    );
+    assert!(log.state.image("b2").is_some() && log.state.image("b3").is_some());
+    assert_eq!(log.usage(Resource::Images), 3, "img + two backups");
+
+    // A snapshot the agent fails kills its image; one it "finishes" without uploading too.
+    log.ok(snapshot("s1", "s-fail", None));
+    log.ok(Command::OperationStepResult {
+        operation_id: "s-fail".into(),
+        ok: false,
+        message: "qemu-img convert failed".into(),
+    });
+    let img = log.state.image("s-fail").unwrap();
+    assert_eq!(img.status, ImageStatus::Killed);
+    assert!(img.status_reason.contains("convert failed"));
+    log.ok(snapshot("s1", "s-empty", None));
+    log.ok(Command::OperationStepResult {
+        operation_id: "s-empty".into(),
+        ok: true,
+        message: String::new(),
+    });
+    assert_eq!(log.op("s-empty").state, OpState::Failed);
+    assert_eq!(
+        log.state.image("s-empty").unwrap().status,
+        ImageStatus::Killed
+    );
+}
+
+#[test]
+fn a_rebuild_switches_the_image_and_ends_with_the_agents_step() {
+    let mut log = setup();
+    log.ok(create(vec![new_server("s1", "h1")]));
+    log.report("h1", &[("s1", PowerState::Running, 1, "")]);
+    let rebuild = |image: &str| Command::ServerRequest {
+        server_id: "s1".into(),
+        operation_id: format!("rb-{image}"),
+        request: ServerRequest::Rebuild {
+            image_id: image.into(),
+        },
+    };
+    let out = log.apply(rebuild("missing"));
+    assert!(
+        matches!(out, Outcome::Rejected(Rejection::NotFound { .. })),
+        "{out:?}"
+    );
+    log.ok(rebuild("img"));
+    assert_eq!(log.server("s1").status, ServerStatus::Rebuild);
+    log.ok(Command::OperationStepResult {
+        operation_id: "rb-img".into(),
+        ok: true,
+        message: String::new(),
+    });
+    let s = log.server("s1");
+    assert_eq!(
+        (s.status, s.task_state.as_str()),
+        (ServerStatus::Active, "")
+    );
+}

@@ -35,6 +35,7 @@ pub enum ServerStatus {
     HardReboot,
     Error,
     Deleting,
+    Rebuild,
 }
 
 impl ServerStatus {
@@ -47,6 +48,7 @@ impl ServerStatus {
             ServerStatus::HardReboot => "HARD_REBOOT",
             ServerStatus::Error => "ERROR",
             ServerStatus::Deleting => "DELETING",
+            ServerStatus::Rebuild => "REBUILD",
         }
     }
 }
@@ -179,10 +181,30 @@ pub struct ObservedServer {
 pub enum ServerRequest {
     Start,
     Stop,
-    Reboot { hard: bool },
+    Reboot {
+        hard: bool,
+    },
     Delete,
-    Lock { reason: String },
+    Lock {
+        reason: String,
+    },
     Unlock,
+    /// Recreate the root disk from `image_id` (the server keeps its id, name and host).
+    Rebuild {
+        image_id: String,
+    },
+    /// Save the root disk as a new image (created SAVING in the same apply).
+    Snapshot(SnapshotSpec),
+}
+
+/// A server image (`server image create`) or a backup (`server backup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSpec {
+    pub image_id: String,
+    pub name: String,
+    pub properties: BTreeMap<String, String>,
+    /// For backups: the backup type (e.g. "daily") and how many of that type to keep.
+    pub backup: Option<(String, u32)>,
 }
 
 impl ServerRequest {
@@ -195,6 +217,9 @@ impl ServerRequest {
             ServerRequest::Delete => "delete",
             ServerRequest::Lock { .. } => "lock",
             ServerRequest::Unlock => "unlock",
+            ServerRequest::Rebuild { .. } => "rebuild",
+            ServerRequest::Snapshot(SnapshotSpec { backup: None, .. }) => "image create",
+            ServerRequest::Snapshot(_) => "backup",
         }
     }
 }
@@ -391,6 +416,32 @@ impl State {
                 return Ok((Outcome::Server(Box::new(s)), None))
             }
             ServerRequest::Delete => "deleting",
+            ServerRequest::Rebuild { image_id }
+                if idle
+                    && matches!(
+                        s.status,
+                        ServerStatus::Active | ServerStatus::Shutoff | ServerStatus::Error
+                    ) =>
+            {
+                self.check_rebuild(&s, image_id)?;
+                "rebuilding"
+            }
+            ServerRequest::Rebuild { .. } => {
+                return refuse(&s, "rebuild", "an ACTIVE, SHUTOFF or ERROR server")
+            }
+            ServerRequest::Snapshot(spec)
+                if idle && matches!(s.status, ServerStatus::Active | ServerStatus::Shutoff) =>
+            {
+                self.check_snapshot(&s, spec)?;
+                if spec.backup.is_some() {
+                    "image_backup"
+                } else {
+                    "image_snapshot"
+                }
+            }
+            ServerRequest::Snapshot(_) => {
+                return refuse(&s, "saving an image", "an ACTIVE or SHUTOFF server")
+            }
         };
         // A request replaces what was under way (a hard reboot a stuck soft one, a delete
         // anything): the replaced operation ends as failed, saying why.
@@ -437,6 +488,10 @@ impl State {
                 s.desired_power = DesiredPower::Running;
             }
             ServerRequest::Delete => s.status = ServerStatus::Deleting,
+            ServerRequest::Rebuild { image_id } => self.begin_rebuild(&mut s, image_id),
+            ServerRequest::Snapshot(spec) => {
+                self.begin_snapshot(revision, env, &s, operation_id, spec)
+            }
         }
         s.task_state = step.into();
         s.current_operation_id = operation_id.to_owned();
@@ -490,36 +545,6 @@ impl State {
         s.boot_failure.clear();
         s.task_state = "spawning".into();
         self.operation_step(revision, env, &s.current_operation_id, "spawning");
-        self.store_server(revision, env, s)
-    }
-
-    /// An agent's answer to a command step (reboots).
-    fn step_result(
-        &mut self,
-        revision: u64,
-        env: &Envelope,
-        op_id: &str,
-        ok: bool,
-        message: &str,
-    ) -> Applied {
-        let Some(op) = self.operations.get(op_id).filter(|o| !o.state.finished()) else {
-            return Ok((Outcome::Unchanged, None));
-        };
-        let server_id = op.resource_id.clone();
-        self.finish_operation(revision, env, op_id, ok, message);
-        let Some(mut s) = self.servers.get(&server_id).cloned() else {
-            return Ok((Outcome::Unchanged, None));
-        };
-        if s.current_operation_id == op_id {
-            s.task_state.clear();
-            s.status = ServerStatus::Active;
-            if !ok {
-                s.fault = Some(Fault {
-                    message: message.to_owned(),
-                    time_ms: env.time_ms,
-                });
-            }
-        }
         self.store_server(revision, env, s)
     }
 
@@ -674,7 +699,7 @@ impl State {
         (Outcome::Deleted, Some(change(&s, EventAction::Deleted)))
     }
 
-    fn existing_server(&self, id: &str) -> Result<&Server, Rejection> {
+    pub(super) fn existing_server(&self, id: &str) -> Result<&Server, Rejection> {
         self.servers
             .get(id)
             .ok_or_else(|| Rejection::not_found("server", id))
@@ -694,7 +719,12 @@ impl State {
         Ok(host)
     }
 
-    fn store_server(&mut self, revision: u64, env: &Envelope, mut next: Server) -> Applied {
+    pub(super) fn store_server(
+        &mut self,
+        revision: u64,
+        env: &Envelope,
+        mut next: Server,
+    ) -> Applied {
         if self.servers.get(&next.id) == Some(&next) {
             return Ok((Outcome::Server(Box::new(next)), None));
         }
