@@ -11,6 +11,7 @@ use crate::commands::{
     cluster::ClusterCmd,
     event::EventCmd,
     flavor::FlavorCmd,
+    image::ImageCmd,
     project::ProjectCmd,
     quota::QuotaCmd,
     user::UserCmd,
@@ -70,7 +71,8 @@ pub struct GlobalOpts {
     #[arg(long, global = true)]
     pub stale: bool,
 
-    /// Overall deadline of a command in seconds, retries included.
+    /// Overall deadline of a command in seconds, retries included. Image uploads and downloads
+    /// apply it to connecting and to each wait for data, not to the whole transfer.
     #[arg(
         long,
         global = true,
@@ -96,6 +98,9 @@ pub enum Command {
     /// Flavors: the sizes servers are created with.
     #[command(subcommand)]
     Flavor(FlavorCmd),
+    /// Images: the base disks servers boot from.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// The controllers themselves: status and membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),

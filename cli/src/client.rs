@@ -14,6 +14,12 @@
 //! `request_id` on every retry and the controller answers a duplicate with the original outcome.
 //! The endpoint that answered last is remembered, so a command making several calls keeps
 //! talking to the leader it found.
+//!
+//! A client-streaming call (an image upload) cannot be replayed by [`Connection::call`]: its
+//! caller takes a channel from [`Connection::connect`] and reports the outcome with
+//! [`Connection::answered`] / [`Connection::rejected`], deciding itself what it may retry.
+//! Every channel sends HTTP/2 keepalive pings while a call is open, so a long transfer or a
+//! long wait for an answer notices a controller or network that has gone away.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +36,8 @@ use crate::error::{report, CliError};
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A fresh idempotency key for one mutating RPC (reused on all of its retries).
 pub fn new_request_id() -> String {
@@ -207,6 +215,59 @@ impl Connection {
         }
     }
 
+    /// A channel to the endpoint the next call would use, moving on (round robin, with the
+    /// usual backoff) past endpoints that cannot be reached, until `deadline`.
+    pub async fn connect(&self, deadline: Instant) -> Result<(String, Channel), CliError> {
+        let started = Instant::now();
+        let attempt_timeout = (self.timeout / 3).max(MIN_ATTEMPT_TIMEOUT);
+        let mut backoff = INITIAL_BACKOFF;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let target = self.target();
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(attempt_timeout);
+            let error = match self.channel(&target, budget).await {
+                Ok(channel) => return Ok((target, channel)),
+                Err(Failure::Fatal(err)) => return Err(err),
+                Err(Failure::Retry { error, .. }) => error,
+            };
+            self.failed(&target, None);
+            if Instant::now() + backoff >= deadline {
+                return Err(CliError::GaveUp {
+                    elapsed: started.elapsed(),
+                    attempts,
+                    address: target,
+                    last: error,
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Adds the authorization metadata to a request sent on a channel from
+    /// [`Connection::connect`].
+    pub fn authorize<T>(&self, request: &mut Request<T>) {
+        if let Some(auth) = &self.auth {
+            request.metadata_mut().insert("authorization", auth.clone());
+        }
+    }
+
+    /// `target` answered: later calls go there first.
+    pub fn answered(&self, target: &str) {
+        self.lock().preferred = Some(target.to_string());
+    }
+
+    /// A call to `target` failed with `status`: the next call goes to the leader the answer
+    /// names, if any (returned), else to the next configured endpoint.
+    pub fn rejected(&self, target: &str, status: &Status) -> Option<String> {
+        let hint = self.leader_hint(status);
+        self.failed(target, hint.clone());
+        hint
+    }
+
     async fn attempt<Req, Resp, F, Fut>(
         &self,
         target: &str,
@@ -220,9 +281,7 @@ impl Connection {
     {
         let channel = self.channel(target, budget).await?;
         let mut request = Request::new(request);
-        if let Some(auth) = &self.auth {
-            request.metadata_mut().insert("authorization", auth.clone());
-        }
+        self.authorize(&mut request);
         rpc(channel, request).await.map_err(|status| {
             if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
                 Failure::Retry {
@@ -242,7 +301,9 @@ impl Connection {
         }
         let mut endpoint = Endpoint::from_shared(target.to_string())
             .map_err(|_| Failure::Fatal(CliError::Config(format!("invalid endpoint `{target}`"))))?
-            .connect_timeout(budget);
+            .connect_timeout(budget)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
         if target.starts_with("https://") {
             let tls = self.tls.clone().ok_or_else(|| {
                 Failure::Fatal(CliError::Config(format!(
@@ -286,10 +347,6 @@ impl Connection {
             .preferred
             .clone()
             .unwrap_or_else(|| self.endpoints[state.cursor].clone())
-    }
-
-    fn answered(&self, target: &str) {
-        self.lock().preferred = Some(target.to_string());
     }
 
     /// Chooses the next target: the hinted leader, else the next configured endpoint.

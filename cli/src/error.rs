@@ -35,6 +35,40 @@ pub enum CliError {
         source: std::io::Error,
     },
 
+    /// A local file (other than a settings file) could not be opened, written, renamed or
+    /// removed.
+    #[error("cannot {action} {path}")]
+    File {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An image upload ended without the image becoming active. `cause` is part of the message
+    /// (not a source) so the advice on what to do next comes last.
+    #[error(
+        "upload of image {image} failed after sending {sent} of {total} bytes: {cause}; {advice}"
+    )]
+    Upload {
+        image: String,
+        sent: u64,
+        total: u64,
+        cause: String,
+        advice: String,
+    },
+
+    /// Downloaded content differs from the image's recorded size or digest.
+    #[error("the downloaded {what} of image {image} is {actual} but the image's is {expected}; {disposal}")]
+    Mismatch {
+        image: String,
+        what: &'static str,
+        actual: String,
+        expected: String,
+        /// What became of the data (removed, or already written to standard output).
+        disposal: String,
+    },
+
     /// The controller answered with a status that is not retried.
     #[error("{}", status_text(.0))]
     Status(Status),

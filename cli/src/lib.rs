@@ -2,7 +2,8 @@
 //!
 //! Layout: [`args`] (global options and grammar), [`config`] (config file and precedence),
 //! [`client`] (connections and the shared retry policy), [`commands`] (one module per command
-//! group), [`views`] and [`output`] (what gets printed), [`error`] (the one error type).
+//! group), [`transfer`] (image content on the local side: chunked reading, verified downloads,
+//! progress), [`views`] and [`output`] (what gets printed), [`error`] (the one error type).
 
 pub mod args;
 pub mod client;
@@ -10,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod output;
+pub mod transfer;
 pub mod views;
 
 use std::ffi::OsString;

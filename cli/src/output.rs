@@ -127,6 +127,21 @@ pub fn short_enum(name: &str, prefix: &str) -> String {
         .replace('_', "-")
 }
 
+/// A byte count for people: `512 B`, `1.5 KiB`, `20.0 GiB` (binary units, one decimal).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 pub fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_string()
 }
@@ -253,6 +268,15 @@ mod tests {
             "2024-05-01T12:00:00.123Z"
         );
         assert_eq!(format_time_ms(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn byte_counts_use_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(20 << 30), "20.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Serializable views of the proto messages (the generated types carry no serde), with their
 //! table layouts. Field names follow the proto so JSON/YAML output mirrors the API.
+//! Images live in [`image`].
+
+pub mod image;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,7 +11,7 @@ use serde::Serialize;
 
 use crate::output::{format_time_ms, map_cell, short_enum, yes_no, Tabular};
 
-fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
+pub(crate) fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
     map.into_iter().collect()
 }
 
@@ -43,7 +46,7 @@ impl From<v1::ResourceMeta> for MetaView {
     }
 }
 
-fn meta_fields(meta: &Option<MetaView>) -> Vec<(&'static str, String)> {
+pub(crate) fn meta_fields(meta: &Option<MetaView>) -> Vec<(&'static str, String)> {
     let m = meta.clone().unwrap_or(MetaView {
         create_revision: 0,
         update_revision: 0,

@@ -55,7 +55,7 @@ pub async fn run(cmd: EventCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliErr
 /// Errors after which the stream is reopened rather than the command failed: the transport
 /// broke or the controller went away. Anything else (e.g. OUT_OF_RANGE when the resume
 /// revision was compacted away, PERMISSION_DENIED) ends the command.
-fn is_stream_break(status: &Status) -> bool {
+pub(crate) fn is_stream_break(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable

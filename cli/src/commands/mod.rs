@@ -4,6 +4,7 @@ pub mod auth;
 pub mod cluster;
 pub mod event;
 pub mod flavor;
+pub mod image;
 pub mod project;
 pub mod quota;
 pub mod user;
@@ -44,6 +45,7 @@ pub async fn run(command: Command, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), Cli
     match command {
         Command::Project(cmd) => project::run(cmd, ctx, io).await,
         Command::Flavor(cmd) => flavor::run(cmd, ctx, io).await,
+        Command::Image(cmd) => image::run(cmd, ctx, io).await,
         Command::Cluster(cmd) => cluster::run(cmd, ctx, io).await,
         Command::Event(cmd) => event::run(cmd, ctx, io).await,
         Command::Login(a) => auth::login(a, ctx, io).await,

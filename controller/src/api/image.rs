@@ -187,7 +187,13 @@ impl ImageService for ImageApi {
         req: Request<Streaming<pb::UploadImageRequest>>,
     ) -> Result<Response<pb::Image>, Status> {
         let p = principal(&req)?;
-        let image = image_transfer::upload(self, p, req.into_inner()).await?;
+        // Run the upload as its own task: when the client goes away, tonic drops this handler,
+        // and the upload must still record that it was interrupted (back to QUEUED at once).
+        let images = self.clone();
+        let stream = req.into_inner();
+        let image = tokio::spawn(async move { image_transfer::upload(&images, p, stream).await })
+            .await
+            .map_err(|e| Status::internal(format!("the upload task failed: {e}")))??;
         Ok(Response::new(convert::image(&image)))
     }
 
