@@ -6,7 +6,13 @@
 #
 # Idempotent: packages already installed are left alone, and apt is not touched at all when
 # nothing is missing (so it also succeeds without root then). Installing needs root. Services
-# that packages would start on install (etcd) are not started: benchmarks run their own.
+# that packages would start on install (libvirtd, virtlogd, etcd) are not started: tests and
+# benchmarks run their own.
+#
+# QEMU and libvirt: Debian 12's qemu-system is 7.2, and some images ship qemu-utils 10.x from
+# backports, which conflicts with it. qemu-utils, qemu-system-common and qemu-block-extra are
+# therefore pinned to the version apt offers for qemu-system-common (downgrading if needed); a
+# pinned package installed at another version counts as missing.
 # The Rust toolchain itself is not a Debian package here (Debian 12's cargo is too old); this
 # script only reports whether a recent enough one is on PATH.
 set -euo pipefail
@@ -28,13 +34,26 @@ for arg in "$@"; do
     esac
 done
 
-packages=(build-essential pkg-config ca-certificates curl qemu-utils)
+packages=(build-essential pkg-config ca-certificates curl
+    # The agent's drivers and their real-component tests: libvirt (the `virt` crate links
+    # libvirt-dev), QEMU with software emulation, and what agent/tests/data/make-guest.sh needs
+    # to build the test guest (cpio; xz and zstd for compressed kernel modules).
+    qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev cpio xz-utils zstd
+    # xmllint, which virt-xml-validate needs to check rendered domain XML against libvirt's
+    # schema (agent/tests/render_libvirt.rs).
+    libxml2-utils)
+# Installed at exactly the version apt offers for qemu-system-common (see above).
+pinned=(qemu-utils qemu-system-common qemu-block-extra)
 if ((bench)); then
     packages+=(etcd-server etcd-client)
 fi
 
 is_installed() {
     [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null) == ii* ]]
+}
+
+installed_version() {
+    dpkg-query -W -f='${Version}' "$1" 2>/dev/null
 }
 
 missing=()
@@ -46,16 +65,44 @@ for p in "${packages[@]}"; do
     fi
 done
 
+qemu_version=$(apt-cache policy qemu-system-common 2>/dev/null | awk '/Candidate:/{print $2}')
+if [[ -z $qemu_version || $qemu_version == "(none)" ]] && is_installed qemu-system-common; then
+    # No package lists (never updated): the installed qemu-system-common is the reference.
+    qemu_version=$(installed_version qemu-system-common)
+fi
+if [[ -z $qemu_version || $qemu_version == "(none)" ]]; then
+    if ((EUID == 0)); then
+        log "apt-get update (apt offers no qemu-system-common yet)"
+        apt-get update
+        qemu_version=$(apt-cache policy qemu-system-common | awk '/Candidate:/{print $2}')
+    fi
+    if [[ -z $qemu_version || $qemu_version == "(none)" ]]; then
+        log "apt offers no qemu-system-common; run apt-get update as root and try again"
+        exit 1
+    fi
+fi
+for p in "${pinned[@]}"; do
+    if is_installed "$p" && [[ $(installed_version "$p") == "$qemu_version" ]]; then
+        log "$p $qemu_version is already installed"
+    else
+        if is_installed "$p"; then
+            log "$p $(installed_version "$p") is installed; pinning it to $qemu_version"
+        fi
+        missing+=("$p=$qemu_version")
+    fi
+done
+
 if ((${#missing[@]} == 0)); then
-    log "all ${#packages[@]} packages are present; apt not needed"
+    log "all $((${#packages[@]} + ${#pinned[@]})) packages are present; apt not needed"
 else
     if ((EUID != 0)); then
         log "missing: ${missing[*]}"
         log "run this script as root (sudo $0 $*) to install them"
         exit 1
     fi
-    # Keep maintainer scripts from starting services (etcd) on install: a policy-rc.d that
-    # denies every start, present only while we install, and only if none exists already.
+    # Keep maintainer scripts from starting services (libvirtd, virtlogd, etcd) on install: a
+    # policy-rc.d that denies every start, present only while we install, and only if none
+    # exists already.
     policy=/usr/sbin/policy-rc.d
     if [[ ! -e $policy ]]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy"
@@ -65,7 +112,8 @@ else
     log "apt-get update"
     apt-get update
     log "apt-get install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --allow-downgrades \
+        "${missing[@]}"
     log "installed: ${missing[*]}"
 fi
 

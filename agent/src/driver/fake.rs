@@ -1,0 +1,521 @@
+//! An in-memory [`Hypervisor`]: a state machine of domains that behaves like libvirt as far as
+//! the conformance suite can tell, plus hooks for tests.
+//!
+//! Scripting:
+//! - [`FakeHypervisor::fail_next`]: the next `op` on a domain fails with a given error (queued
+//!   per operation and name, consumed in order).
+//! - [`FakeHypervisor::set_acpi`]: how the guest answers the ACPI power button — power off after
+//!   a delay, or ignore it (so [`Hypervisor::shutdown`] runs into its timeout and destroys).
+//! - [`FakeHypervisor::insert_foreign`]: a domain that is not Flotilla's.
+//! - [`FakeHypervisor::set_power`]: something outside the agent changed the state (the guest
+//!   powered itself off, QEMU crashed).
+//! - [`FakeHypervisor::write_console`]: the guest writes to its serial console (appended to the
+//!   log file named in the definition, which the fake reads like the real driver).
+//! - [`FakeHypervisor::calls`]: every call made, in order, for assertions.
+//!
+//! Like the real driver, a redefinition of a running domain takes effect at its next start,
+//! while [`Hypervisor::info`] reports the metadata of the persistent definition.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::domain_xml::{self, DomainXml};
+use super::libvirt::read_console_log;
+use super::{
+    reason, state_string, ConsoleLog, DiskStats, DomainInfo, DomainStats, Hypervisor,
+    HypervisorError, MemoryStats, NicStats, PowerState, RebootMode, ShutdownOutcome,
+};
+
+/// The operations failures can be injected into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Define,
+    Start,
+    Shutdown,
+    Reboot,
+    Destroy,
+    Undefine,
+    Info,
+    Stats,
+    ConsoleLog,
+}
+
+/// How a guest answers the ACPI power button.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acpi {
+    /// Powers off this long after the button is pressed.
+    PowerOffAfter(Duration),
+    /// Ignores it.
+    Ignore,
+}
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub op: Op,
+    pub name: String,
+}
+
+#[derive(Debug)]
+struct FakeDomain {
+    uuid: String,
+    /// Persistent definition.
+    config: DomainXml,
+    /// Definition the running instance was started with.
+    live: Option<DomainXml>,
+    power: PowerState,
+    reason: i32,
+    acpi: Acpi,
+    started: Option<Instant>,
+    /// Counts starts, so stats differ between boots.
+    boots: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    domains: BTreeMap<String, FakeDomain>,
+    failures: HashMap<(Op, String), VecDeque<HypervisorError>>,
+    calls: Vec<Call>,
+    next_uuid: u64,
+}
+
+/// See the module doc.
+#[derive(Debug, Default)]
+pub struct FakeHypervisor {
+    state: Mutex<State>,
+}
+
+impl FakeHypervisor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next `op` on `name` fails with `error` (after the domain lookup, before any change).
+    pub fn fail_next(&self, op: Op, name: &str, error: HypervisorError) {
+        self.state
+            .lock()
+            .failures
+            .entry((op, name.to_string()))
+            .or_default()
+            .push_back(error);
+    }
+
+    /// How the guest of `name` answers ACPI shutdown from now on.
+    pub fn set_acpi(&self, name: &str, acpi: Acpi) -> Result<(), HypervisorError> {
+        self.with_domain(name, |d| d.acpi = acpi)
+    }
+
+    /// Sets the state as if something outside the agent changed it.
+    pub fn set_power(
+        &self,
+        name: &str,
+        power: PowerState,
+        reason: i32,
+    ) -> Result<(), HypervisorError> {
+        self.with_domain(name, |d| {
+            if !power.is_active() {
+                d.live = None;
+                d.started = None;
+            } else if d.live.is_none() {
+                d.live = Some(d.config.clone());
+                d.started = Some(Instant::now());
+            }
+            d.power = power;
+            d.reason = reason;
+        })
+    }
+
+    /// Adds a domain without Flotilla metadata (an operator's own VM).
+    pub fn insert_foreign(&self, name: &str, power: PowerState) {
+        let mut state = self.state.lock();
+        let uuid = next_uuid(&mut state);
+        let config = DomainXml {
+            name: name.to_string(),
+            uuid: Some(uuid.clone()),
+            vcpus: Some(1),
+            memory_kib: Some(65536),
+            ..DomainXml::default()
+        };
+        state.domains.insert(
+            name.to_string(),
+            FakeDomain {
+                uuid,
+                live: power.is_active().then(|| config.clone()),
+                config,
+                power,
+                reason: reason::UNKNOWN,
+                acpi: Acpi::PowerOffAfter(Duration::ZERO),
+                started: power.is_active().then(Instant::now),
+                boots: 0,
+            },
+        );
+    }
+
+    /// Appends `bytes` to the console log file of `name`, as its guest would.
+    pub fn write_console(&self, name: &str, bytes: &[u8]) -> Result<(), HypervisorError> {
+        let path = self.with_domain(name, |d| {
+            d.live.as_ref().unwrap_or(&d.config).console_log.clone()
+        })?;
+        let path = path.ok_or_else(|| HypervisorError::NoConsoleLog {
+            name: name.to_string(),
+        })?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(bytes))
+            .map_err(|source| HypervisorError::ConsoleLog {
+                name: name.to_string(),
+                path,
+                source,
+            })
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().calls.clone()
+    }
+
+    fn with_domain<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut FakeDomain) -> T,
+    ) -> Result<T, HypervisorError> {
+        let mut state = self.state.lock();
+        let d = state.domains.get_mut(name).ok_or_else(|| not_found(name))?;
+        Ok(f(d))
+    }
+
+    /// Records the call, finds the domain, applies an injected failure, and checks ownership
+    /// when `mutating`.
+    fn enter<'s>(
+        state: &'s mut State,
+        op: Op,
+        name: &str,
+        mutating: bool,
+    ) -> Result<&'s mut FakeDomain, HypervisorError> {
+        state.calls.push(Call {
+            op,
+            name: name.to_string(),
+        });
+        if !state.domains.contains_key(name) {
+            return Err(not_found(name));
+        }
+        if let Some(e) = injected(state, op, name) {
+            return Err(e);
+        }
+        let d = state.domains.get_mut(name).expect("checked above");
+        if mutating && d.config.server.is_none() {
+            return Err(HypervisorError::Foreign {
+                name: name.to_string(),
+            });
+        }
+        Ok(d)
+    }
+
+    /// Presses the ACPI button of a running domain and lets its guest answer as scripted, the
+    /// lock released while "waiting".
+    fn press_power_button(
+        &self,
+        name: &str,
+        acpi: Acpi,
+        timeout: Duration,
+    ) -> Result<ShutdownOutcome, HypervisorError> {
+        let outcome = match acpi {
+            Acpi::PowerOffAfter(after) if after <= timeout => {
+                std::thread::sleep(after);
+                ShutdownOutcome::Graceful { after }
+            }
+            _ => {
+                std::thread::sleep(timeout);
+                ShutdownOutcome::Destroyed { waited: timeout }
+            }
+        };
+        let reason = match outcome {
+            ShutdownOutcome::Graceful { .. } => reason::SHUTOFF_SHUTDOWN,
+            _ => reason::SHUTOFF_DESTROYED,
+        };
+        self.with_domain(name, |d| power_off(d, reason))?;
+        Ok(outcome)
+    }
+}
+
+fn not_found(name: &str) -> HypervisorError {
+    HypervisorError::NotFound {
+        name: name.to_string(),
+    }
+}
+
+fn injected(state: &mut State, op: Op, name: &str) -> Option<HypervisorError> {
+    state
+        .failures
+        .get_mut(&(op, name.to_string()))
+        .and_then(VecDeque::pop_front)
+}
+
+fn next_uuid(state: &mut State) -> String {
+    state.next_uuid += 1;
+    format!("00000000-0000-4000-8000-{:012x}", state.next_uuid)
+}
+
+fn power_off(d: &mut FakeDomain, why: i32) {
+    d.power = PowerState::ShutOff;
+    d.reason = why;
+    d.live = None;
+    d.started = None;
+}
+
+fn power_on(d: &mut FakeDomain) {
+    d.power = PowerState::Running;
+    d.reason = reason::RUNNING_BOOTED;
+    d.live = Some(d.config.clone());
+    d.started = Some(Instant::now());
+    d.boots += 1;
+}
+
+fn info_of(name: &str, d: &FakeDomain) -> DomainInfo {
+    let live = d.live.as_ref().unwrap_or(&d.config);
+    let max = d.config.memory_kib.unwrap_or(0);
+    DomainInfo {
+        name: name.to_string(),
+        uuid: d.uuid.clone(),
+        server: d.config.server,
+        power: d.power,
+        state: state_string(d.power, d.reason),
+        vcpus: live.vcpus.unwrap_or(1),
+        memory_kib: live.current_memory_kib.or(live.memory_kib).unwrap_or(0),
+        max_memory_kib: max,
+        cpu_time_ns: cpu_time(d),
+        persistent: true,
+    }
+}
+
+fn cpu_time(d: &FakeDomain) -> u64 {
+    d.started.map_or(0, |t| t.elapsed().as_nanos() as u64 + 1)
+}
+
+impl Hypervisor for FakeHypervisor {
+    fn define(&self, xml: &str) -> Result<String, HypervisorError> {
+        let parsed = domain_xml::parse(xml)
+            .map_err(|message| HypervisorError::InvalidDefinition { message })?;
+        let name = parsed.name.clone();
+        let mut state = self.state.lock();
+        state.calls.push(Call {
+            op: Op::Define,
+            name: name.clone(),
+        });
+        if let Some(e) = injected(&mut state, Op::Define, &name) {
+            return Err(e);
+        }
+        if parsed.server.is_none() {
+            return Err(HypervisorError::InvalidDefinition {
+                message: parsed.metadata_problem.map_or_else(
+                    || format!("{name} has no Flotilla metadata; the agent defines only Flotilla's domains"),
+                    |p| format!("{name}: {p}"),
+                ),
+            });
+        }
+        if let Some(uuid) = &parsed.uuid {
+            if let Some((other, _)) = state
+                .domains
+                .iter()
+                .find(|(n, d)| **n != name && d.uuid == *uuid)
+            {
+                return Err(HypervisorError::Conflict {
+                    name: name.clone(),
+                    message: format!("domain '{other}' already exists with uuid {uuid}"),
+                });
+            }
+        }
+        if let Some(existing) = state.domains.get_mut(&name) {
+            if existing.config.server.is_none() {
+                return Err(HypervisorError::Foreign { name });
+            }
+            if parsed.uuid.as_deref() != Some(existing.uuid.as_str()) {
+                return Err(HypervisorError::Conflict {
+                    name: name.clone(),
+                    message: format!("domain '{name}' already exists with uuid {}", existing.uuid),
+                });
+            }
+            existing.config = parsed;
+            return Ok(name);
+        }
+        let uuid = match &parsed.uuid {
+            Some(u) => u.clone(),
+            None => next_uuid(&mut state),
+        };
+        state.domains.insert(
+            name.clone(),
+            FakeDomain {
+                uuid,
+                config: parsed,
+                live: None,
+                power: PowerState::ShutOff,
+                reason: reason::UNKNOWN,
+                acpi: Acpi::PowerOffAfter(Duration::ZERO),
+                started: None,
+                boots: 0,
+            },
+        );
+        Ok(name)
+    }
+
+    fn start(&self, name: &str) -> Result<(), HypervisorError> {
+        let mut state = self.state.lock();
+        let d = Self::enter(&mut state, Op::Start, name, true)?;
+        if !d.power.is_active() {
+            power_on(d);
+        }
+        Ok(())
+    }
+
+    fn shutdown(&self, name: &str, timeout: Duration) -> Result<ShutdownOutcome, HypervisorError> {
+        let acpi = {
+            let mut state = self.state.lock();
+            let d = Self::enter(&mut state, Op::Shutdown, name, true)?;
+            if !d.power.is_active() {
+                return Ok(ShutdownOutcome::AlreadyOff);
+            }
+            d.acpi
+        };
+        self.press_power_button(name, acpi, timeout)
+    }
+
+    fn reboot(&self, name: &str, mode: RebootMode) -> Result<ShutdownOutcome, HypervisorError> {
+        let acpi = {
+            let mut state = self.state.lock();
+            let d = Self::enter(&mut state, Op::Reboot, name, true)?;
+            if !d.power.is_active() {
+                return Err(HypervisorError::InvalidState {
+                    name: name.to_string(),
+                    action: "reboot",
+                    state: d.power,
+                    hint: "; start it instead",
+                });
+            }
+            d.acpi
+        };
+        let outcome = match mode {
+            RebootMode::Soft { timeout } => self.press_power_button(name, acpi, timeout)?,
+            RebootMode::Hard => {
+                self.with_domain(name, |d| power_off(d, reason::SHUTOFF_DESTROYED))?;
+                ShutdownOutcome::Destroyed {
+                    waited: Duration::ZERO,
+                }
+            }
+        };
+        self.with_domain(name, power_on)?;
+        Ok(outcome)
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
+        let mut state = self.state.lock();
+        let d = Self::enter(&mut state, Op::Destroy, name, true)?;
+        if d.power.is_active() {
+            power_off(d, reason::SHUTOFF_DESTROYED);
+        }
+        Ok(())
+    }
+
+    fn undefine(&self, name: &str) -> Result<(), HypervisorError> {
+        let mut state = self.state.lock();
+        let d = Self::enter(&mut state, Op::Undefine, name, true)?;
+        if d.power.is_active() {
+            return Err(HypervisorError::InvalidState {
+                name: name.to_string(),
+                action: "undefine",
+                state: d.power,
+                hint: "; shut it down or destroy it first",
+            });
+        }
+        state.domains.remove(name);
+        Ok(())
+    }
+
+    fn info(&self, name: &str) -> Result<DomainInfo, HypervisorError> {
+        let mut state = self.state.lock();
+        let d = Self::enter(&mut state, Op::Info, name, false)?;
+        Ok(info_of(name, d))
+    }
+
+    fn list(&self) -> Result<Vec<DomainInfo>, HypervisorError> {
+        let state = self.state.lock();
+        Ok(state
+            .domains
+            .iter()
+            .map(|(name, d)| info_of(name, d))
+            .collect())
+    }
+
+    fn stats(&self, name: &str) -> Result<DomainStats, HypervisorError> {
+        let mut state = self.state.lock();
+        let d = Self::enter(&mut state, Op::Stats, name, false)?;
+        let Some(live) = d.live.as_ref().filter(|_| d.power.is_active()) else {
+            return Err(HypervisorError::InvalidState {
+                name: name.to_string(),
+                action: "read statistics of",
+                state: d.power,
+                hint: "; statistics exist only while it runs",
+            });
+        };
+        let info = info_of(name, d);
+        // Synthetic counters that grow with uptime and differ per device, like the test driver.
+        let up = cpu_time(d) / 1_000 + d.boots;
+        Ok(DomainStats {
+            cpu_time_ns: info.cpu_time_ns,
+            vcpus: info.vcpus,
+            memory: MemoryStats {
+                current_kib: info.memory_kib,
+                actual_kib: Some(info.memory_kib),
+                rss_kib: Some(info.memory_kib / 2),
+                unused_kib: None,
+            },
+            disks: live
+                .disks
+                .iter()
+                .zip(1u64..)
+                .map(|(disk, i)| DiskStats {
+                    device: disk.target.clone(),
+                    path: disk.source.clone(),
+                    read_bytes: up * 512 * i,
+                    read_reqs: up * i,
+                    write_bytes: up * 256 * i,
+                    write_reqs: up * i / 2,
+                })
+                .collect(),
+            nics: live
+                .nics
+                .iter()
+                .zip(1u64..)
+                .filter_map(|(nic, i)| {
+                    let device = nic.target.clone().or_else(|| nic.mac.clone())?;
+                    Some(NicStats {
+                        device,
+                        mac: nic.mac.clone(),
+                        rx_bytes: up * 100 * i,
+                        rx_packets: up * i,
+                        tx_bytes: up * 50 * i,
+                        tx_packets: up * i / 2,
+                    })
+                })
+                .collect(),
+            unavailable: live
+                .nics
+                .iter()
+                .filter(|n| n.target.is_none() && n.mac.is_none())
+                .map(|_| "an interface without host device or MAC address".to_string())
+                .collect(),
+        })
+    }
+
+    fn console_log(&self, name: &str, max_bytes: usize) -> Result<ConsoleLog, HypervisorError> {
+        let xml = {
+            let mut state = self.state.lock();
+            let d = Self::enter(&mut state, Op::ConsoleLog, name, false)?;
+            d.live.clone().unwrap_or_else(|| d.config.clone())
+        };
+        read_console_log(name, &xml, max_bytes)
+    }
+}
