@@ -36,7 +36,7 @@ pub fn host_state(h: &Host) -> pb::HostState {
 }
 
 pub fn server(state: &State, s: &Server) -> pb::Server {
-    let host = state.hosts().find(|h| h.id == s.host_id);
+    let host = state.host(&s.host_id).filter(|h| h.id == s.host_id);
     pb::Server {
         id: s.id.clone(),
         name: s.name.clone(),
@@ -133,7 +133,7 @@ pub fn operation(o: &Operation) -> pb::Operation {
 
 pub fn host(state: &State, h: &Host, now_ms: i64) -> pb::Host {
     let _ = now_ms;
-    let servers = state.servers().filter(|s| s.host_id == h.id).count();
+    let servers = state.server_count(&h.id);
     let cap = |c: crate::state::Capacity| pb::HostCapacity {
         vcpus: c.vcpus as u32,
         ram_mib: c.ram_mib,

@@ -120,6 +120,9 @@ pub struct State {
     user_names: BTreeMap<String, String>,
     #[serde(skip)]
     host_names: BTreeMap<String, String>,
+    /// Host id → ids of the servers placed there.
+    #[serde(skip)]
+    servers_by_host: BTreeMap<String, BTreeSet<String>>,
     /// Further changes of the entry being applied (one revision, several events).
     #[serde(skip)]
     more_changes: Vec<Change<'static>>,
@@ -407,6 +410,13 @@ impl State {
             .values()
             .map(|h| (h.info.hostname.clone(), h.id.clone()))
             .collect();
+        for s in state.servers.values() {
+            state
+                .servers_by_host
+                .entry(s.host_id.clone())
+                .or_default()
+                .insert(s.id.clone());
+        }
         Ok(state)
     }
 

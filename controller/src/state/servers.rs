@@ -362,6 +362,7 @@ impl State {
                 },
             );
             self.account_host(&s.host_id, claim, false);
+            self.index_server(&server.host_id, &server.id, true);
             self.servers.insert(server.id.clone(), server.clone());
             created.push(server);
         }
@@ -563,12 +564,7 @@ impl State {
                 host.info.hostname, host.lease_id
             )));
         }
-        let mine: Vec<String> = self
-            .servers
-            .values()
-            .filter(|s| s.host_id == host_id)
-            .map(|s| s.id.clone())
-            .collect();
+        let mine: Vec<String> = self.placed_on(host_id).map(|s| s.id.clone()).collect();
         let mut changes = Vec::new();
         for id in mine {
             let current = self.servers[&id].clone();
@@ -696,6 +692,7 @@ impl State {
         self.account_host(&s.host_id, s.claim, true);
         self.release(&s.project_id, &s.flavor.quota());
         self.servers.remove(&s.id);
+        self.index_server(&s.host_id, &s.id, false);
         (Outcome::Deleted, Some(change(&s, EventAction::Deleted)))
     }
 
@@ -729,6 +726,13 @@ impl State {
             return Ok((Outcome::Server(Box::new(next)), None));
         }
         next.meta.touch(revision, env.time_ms);
+        let old_host = self.servers.get(&next.id).map(|s| s.host_id.clone());
+        if old_host.as_ref() != Some(&next.host_id) {
+            if let Some(old) = old_host {
+                self.index_server(&old, &next.id, false);
+            }
+            self.index_server(&next.host_id, &next.id, true);
+        }
         self.servers.insert(next.id.clone(), next.clone());
         let change = change(&next, EventAction::Updated);
         Ok((Outcome::Server(Box::new(next)), Some(change)))
@@ -748,9 +752,36 @@ impl State {
 
     /// Servers a host should run (or shut down, or destroy: deleting ones are left out).
     pub fn servers_on<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a Server> + 'a {
-        self.servers
-            .values()
-            .filter(move |s| s.host_id == host_id && s.status != ServerStatus::Deleting)
+        self.placed_on(host_id)
+            .filter(|s| s.status != ServerStatus::Deleting)
+    }
+
+    /// How many servers are placed on the host.
+    pub fn server_count(&self, host_id: &str) -> usize {
+        self.servers_by_host.get(host_id).map_or(0, |s| s.len())
+    }
+
+    /// Every server placed on the host, deleting ones included.
+    fn placed_on<'a>(&'a self, host_id: &str) -> impl Iterator<Item = &'a Server> + 'a {
+        self.servers_by_host
+            .get(host_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.servers.get(id))
+    }
+
+    fn index_server(&mut self, host_id: &str, server_id: &str, add: bool) {
+        if add {
+            self.servers_by_host
+                .entry(host_id.to_owned())
+                .or_default()
+                .insert(server_id.to_owned());
+        } else if let Some(set) = self.servers_by_host.get_mut(host_id) {
+            set.remove(server_id);
+            if set.is_empty() {
+                self.servers_by_host.remove(host_id);
+            }
+        }
     }
 
     /// The first server that boots from the image, if any (an image in use cannot be deleted).
