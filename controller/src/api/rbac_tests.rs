@@ -1,5 +1,5 @@
 //! Every implemented RPC × principal (admin, member, reader, no role, disabled user, no
-//! credentials) × own/other project, against the real services on a 1-node in-process cluster.
+//! credentials) × own/other project, against the real services on a 3-node in-process cluster (real Raft replicas over an in-memory network; requests go to node 1, leader or not).
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,9 @@ fn req<T>(auth: &Authenticator, token: Option<&str>, msg: T) -> Result<Request<T
 
 impl World {
     async fn start() -> World {
-        let cluster = Cluster::start(1, 7, fast_tuning());
+        // Three replicas: node 1 serves the API whether or not it leads (followers forward
+        // writes and read through ReadIndex), as a client of a real cluster sees it.
+        let cluster = Cluster::start(3, 7, fast_tuning());
         cluster
             .wait_until(Duration::from_secs(10), "a leader", |c| {
                 c.leader().is_some()
@@ -79,6 +81,13 @@ impl World {
             counter: AtomicU32::new(0),
             _blob_dir: blob_dir,
         }
+    }
+
+    /// An Api on the node that leads now (leader-only work such as the admin bootstrap).
+    fn leader_api(&self) -> Api {
+        let id = self.cluster.leader().expect("a leader");
+        let node = self.cluster.node(id).expect("running").clone();
+        Api::new(node, Arc::new(NoPeers))
     }
 
     fn req<T>(&self, token: Option<&str>, msg: T) -> Result<Request<T>, Status> {

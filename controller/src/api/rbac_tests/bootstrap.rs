@@ -10,7 +10,7 @@ use super::World;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_leader_creates_the_admin_user_who_can_log_in_and_act() {
     let w = World::start().await;
-    let api = w.identity.0.clone();
+    let api = w.leader_api();
     tokio::time::timeout(
         Duration::from_secs(20),
         crate::api::bootstrap_admin_when_leader(api.clone(), "admin-password".into()),
@@ -66,7 +66,7 @@ async fn a_static_token_such_as_the_retired_bootstrap_admin_token_is_refused() {
 
 /// Bootstraps the `admin` user in `w` and logs in as it.
 async fn admin_token(w: &World) -> String {
-    let api = w.identity.0.clone();
+    let api = w.leader_api();
     tokio::time::timeout(
         Duration::from_secs(20),
         crate::api::bootstrap_admin_when_leader(api, "admin-password".into()),

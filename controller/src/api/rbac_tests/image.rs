@@ -14,11 +14,15 @@ use crate::api::{image_transfer, Api, ImageApi};
 use crate::images::peers::LocalBlobPeers;
 use crate::images::{BlobStore, ImageRuntime, Inspector};
 
-/// A 1-controller image service storing blobs under `dir`.
+/// Node 1's image service, storing blobs under `dir/1`, its peers (nodes 2 and 3) under
+/// `dir/2` and `dir/3`: uploads are copied to a majority before they are active.
 pub(super) fn image_api(api: Api, dir: &tempfile::TempDir) -> ImageApi {
-    let store = BlobStore::open(dir.path()).expect("blob store");
     let peers = LocalBlobPeers::default();
-    peers.stores.lock().insert(1, store.clone());
+    for id in 1..=3u64 {
+        let store = BlobStore::open(dir.path().join(id.to_string())).expect("blob store");
+        peers.stores.lock().insert(id, store);
+    }
+    let store = peers.stores.lock()[&1].clone();
     let runtime = ImageRuntime::new(store, Inspector::default(), Arc::new(peers), 0, 1 << 30);
     ImageApi {
         api,
