@@ -1,5 +1,6 @@
 //! Every implemented RPC × principal (admin, member, reader, no role, disabled user, no
-//! credentials) × own/other project, against the real services on a 3-node in-process cluster (real Raft replicas over an in-memory network; requests go to node 1, leader or not).
+//! credentials) × own/other project, against the real services on a 3-node in-process cluster
+//! (real Raft replicas over an in-memory network; requests go to node 1, leader or not).
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
