@@ -9,11 +9,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::commands::{
     auth::{LoginArgs, RoleCmd, TokenCmd},
     cluster::ClusterCmd,
+    console::ConsoleCmd,
     event::EventCmd,
     flavor::FlavorCmd,
+    host::HostCmd,
     image::ImageCmd,
+    operation::OperationCmd,
     project::ProjectCmd,
     quota::QuotaCmd,
+    server::ServerCmd,
     user::UserCmd,
 };
 
@@ -101,6 +105,18 @@ pub enum Command {
     /// Images: the base disks servers boot from.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Servers: virtual machines.
+    #[command(subcommand)]
+    Server(ServerCmd),
+    /// A server's serial console.
+    #[command(subcommand)]
+    Console(ConsoleCmd),
+    /// Compute hosts (admins only).
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Durable operations: boots, reboots, rebuilds, backups, deletes... as they run.
+    #[command(subcommand)]
+    Operation(OperationCmd),
     /// The controllers themselves: status and membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),

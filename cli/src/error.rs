@@ -86,6 +86,31 @@ pub enum CliError {
     #[error("{0}")]
     Protocol(String),
 
+    /// An operation the command followed (`--wait`, `operation watch`) ended without
+    /// succeeding. `reason` is the operation's error, with the resource's fault when it adds
+    /// something.
+    #[error("{subject}: {action} {outcome}: {reason}")]
+    OperationFailed {
+        /// What was acted on, e.g. `server "web-1"`.
+        subject: String,
+        /// The operation's kind, e.g. `boot`.
+        action: String,
+        /// `failed`, `was cancelled`, ...
+        outcome: String,
+        reason: String,
+    },
+
+    /// Ctrl-C while waiting for an operation, which goes on without the CLI.
+    #[error(
+        "interrupted while waiting for operation {operation}; it goes on: follow it with \
+         `flotilla operation watch {operation}`"
+    )]
+    Interrupted { operation: String },
+
+    /// A local check failed before anything was sent (e.g. user data too large).
+    #[error("{0}")]
+    Invalid(String),
+
     /// Writing the output failed (for example a closed pipe).
     #[error("cannot write output")]
     Output(#[from] std::io::Error),

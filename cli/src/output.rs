@@ -142,6 +142,45 @@ pub fn human_bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A duration for people: `850ms`, `12.3s`, `4m 05s`, `2h 03m`, `3d 04h`; negative values
+/// (unknown) print as `-`.
+pub fn human_duration_ms(ms: i64) -> String {
+    if ms < 0 {
+        return "-".to_string();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        return format!("{:.1}s", ms as f64 / 1000.0);
+    }
+    let secs = ms / 1000;
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h:02}h")
+    } else if h > 0 {
+        format!("{h}h {m:02}m")
+    } else {
+        format!("{m}m {s:02}s")
+    }
+}
+
+/// One line of a streamed table: each cell padded to its fixed width (rows are printed before
+/// later ones are known; a longer value simply pushes the rest of the line), two spaces apart,
+/// control characters escaped, trailing spaces trimmed.
+pub fn fixed_line(cells: &[String], widths: &[usize]) -> String {
+    let mut line = String::new();
+    for (cell, width) in cells.iter().zip(widths) {
+        let cell = sanitize(cell);
+        let pad = width.saturating_sub(cell.chars().count());
+        line.push_str(&cell);
+        line.extend(std::iter::repeat_n(' ', pad + 2));
+    }
+    let mut line = line.trim_end().to_string();
+    line.push('\n');
+    line
+}
+
 pub fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_string()
 }
@@ -277,6 +316,22 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(20 << 30), "20.0 GiB");
         assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn durations_are_short_and_readable() {
+        assert_eq!(human_duration_ms(-1), "-");
+        assert_eq!(human_duration_ms(850), "850ms");
+        assert_eq!(human_duration_ms(12_345), "12.3s");
+        assert_eq!(human_duration_ms(245_000), "4m 05s");
+        assert_eq!(human_duration_ms(7_380_000), "2h 03m");
+        assert_eq!(human_duration_ms(273_600_000), "3d 04h");
+    }
+
+    #[test]
+    fn fixed_lines_pad_each_cell_to_its_width() {
+        let cells = ["a".to_string(), "bb".to_string(), "c\nd".to_string()];
+        assert_eq!(fixed_line(&cells, &[3, 1, 0]), "a    bb  c\\nd\n");
     }
 
     #[test]

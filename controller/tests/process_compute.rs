@@ -311,7 +311,11 @@ async fn servers_boot_stop_start_reboot_and_delete_through_agents() {
         .await
         .expect("actions");
     let kinds: Vec<_> = actions.actions.iter().map(|a| a.action.as_str()).collect();
-    assert_eq!(kinds, ["create", "stop", "start", "reboot --hard"]);
+    assert_eq!(
+        kinds,
+        ["reboot --hard", "start", "stop", "create"],
+        "newest first"
+    );
     assert!(actions
         .actions
         .iter()

@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use super::{Ctx, Io};
 use crate::args::Format;
 use crate::error::{status_text, CliError};
-use crate::output::sanitize;
+use crate::output::fixed_line;
 use crate::views::EventView;
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
@@ -133,16 +133,7 @@ pub fn render_event(format: Format, event: EventView) -> Result<String, CliError
 }
 
 fn event_line(cells: &[String; 6]) -> String {
-    let mut line = String::new();
-    for (cell, width) in cells.iter().zip(EventView::WIDTHS) {
-        let cell = sanitize(cell);
-        let pad = width.saturating_sub(cell.chars().count());
-        line.push_str(&cell);
-        line.extend(std::iter::repeat_n(' ', pad + 2));
-    }
-    let mut line = line.trim_end().to_string();
-    line.push('\n');
-    line
+    fixed_line(cells, &EventView::WIDTHS)
 }
 
 #[cfg(test)]

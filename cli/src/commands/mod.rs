@@ -2,11 +2,15 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod console;
 pub mod event;
 pub mod flavor;
+pub mod host;
 pub mod image;
+pub mod operation;
 pub mod project;
 pub mod quota;
+pub mod server;
 pub mod user;
 
 use std::collections::HashSet;
@@ -54,6 +58,10 @@ pub async fn run(command: Command, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), Cli
         Command::User(cmd) => user::run(cmd, ctx, io).await,
         Command::Role(cmd) => auth::role(cmd, ctx, io).await,
         Command::Quota(cmd) => quota::run(cmd, ctx, io).await,
+        Command::Server(cmd) => server::run(cmd, ctx, io).await,
+        Command::Console(cmd) => console::run(cmd, ctx, io).await,
+        Command::Host(cmd) => host::run(cmd, ctx, io).await,
+        Command::Operation(cmd) => operation::run(cmd, ctx, io).await,
     }
 }
 
@@ -88,33 +96,55 @@ pub async fn for_each_name<F, Fut>(
     names: Vec<String>,
     what: &str,
     io: &mut Io<'_>,
-    mut op: F,
+    op: F,
 ) -> Result<(), CliError>
 where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = Result<(), CliError>>,
 {
+    let each = map_each_name(names, what, io, op).await?;
+    each.error.map_or(Ok(()), Err)
+}
+
+/// What [`map_each_name`] got: the values of the items that succeeded (in order) and, when some
+/// failed, the error the command ends with.
+pub struct Each<T> {
+    pub done: Vec<T>,
+    pub error: Option<CliError>,
+}
+
+/// Like [`for_each_name`], keeping what each successful `op` returned so the caller can print
+/// it before failing. With one item its error is returned as is; with several, each failure is
+/// reported on stderr as `flotilla: error: {what} {name}: ...` and the error is a summary.
+pub async fn map_each_name<T, F, Fut>(
+    names: Vec<String>,
+    what: &str,
+    io: &mut Io<'_>,
+    mut op: F,
+) -> Result<Each<T>, CliError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<T, CliError>>,
+{
     let total = names.len();
+    let mut done = Vec::new();
     let mut errors = Vec::new();
     for name in names {
-        if let Err(e) = op(name.clone()).await {
-            errors.push((name, e));
+        match op(name.clone()).await {
+            Ok(value) => done.push(value),
+            Err(e) => errors.push((name, e)),
         }
     }
-    if total == 1 {
-        return match errors.pop() {
-            Some((_, e)) => Err(e),
-            None => Ok(()),
-        };
-    }
-    let failed = errors.len();
-    for (name, e) in errors {
-        writeln!(io.err, "flotilla: error: {what} {name}: {}", report(&e))?;
-    }
-    if failed > 0 {
-        return Err(CliError::Partial { failed, total });
-    }
-    Ok(())
+    let error = if total == 1 {
+        errors.pop().map(|(_, e)| e)
+    } else {
+        let failed = errors.len();
+        for (name, e) in errors {
+            writeln!(io.err, "flotilla: error: {what} {name}: {}", report(&e))?;
+        }
+        (failed > 0).then_some(CliError::Partial { failed, total })
+    };
+    Ok(Each { done, error })
 }
 
 #[cfg(test)]

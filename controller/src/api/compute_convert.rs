@@ -44,7 +44,12 @@ pub fn server(state: &State, s: &Server) -> pb::Server {
         user_id: s.user_id.clone(),
         flavor_id: s.flavor.id.clone(),
         image_id: s.image.id.clone(),
-        status: status(s.status) as i32,
+        // A server whose host is down may or may not run: say so (Nova's UNKNOWN).
+        status: if host.is_some_and(|h| !h.is_up()) && s.status != ServerStatus::Deleting {
+            pb::ServerStatus::Unknown as i32
+        } else {
+            status(s.status) as i32
+        },
         task_state: s.task_state.clone(),
         power_state: power(s.power_state) as i32,
         host: host.map(|h| h.info.hostname.clone()).unwrap_or_default(),
@@ -56,7 +61,7 @@ pub fn server(state: &State, s: &Server) -> pb::Server {
         addresses: vec![],
         fault: s.fault.as_ref().map(|f| pb::ServerFault {
             message: f.message.clone(),
-            code: 500,
+            code: tonic::Code::Internal as i32,
             details: String::new(),
             time_ms: f.time_ms,
         }),
@@ -155,7 +160,7 @@ pub fn host(state: &State, h: &Host, now_ms: i64) -> pb::Host {
         capacity: Some(cap(h.info.capacity)),
         usage: Some(cap(h.used)),
         allocation_ratios: None,
-        lease_age_ms: 0,
+        lease_age_ms: -1,
         agent_version: h.info.agent_version.clone(),
         server_count: servers as u32,
         meta: Some(meta(&h.meta)),

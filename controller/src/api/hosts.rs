@@ -28,7 +28,7 @@ fn find<'s>(state: &'s State, key: &str) -> Result<&'s Host, Status> {
 impl HostApi {
     fn view(&self, state: &State, h: &Host) -> pb::Host {
         let mut v = cc::host(state, h, crate::server::now_ms());
-        if let Some(age) = self.hub.lease_age(&h.id) {
+        if let Some(age) = self.hub.lease_age(&h.id).filter(|_| h.is_up()) {
             v.lease_age_ms = age.as_millis() as i64;
         }
         v

@@ -21,6 +21,8 @@ use crate::state::{
     SnapshotSpec, State,
 };
 
+/// Largest user data passed to a guest.
+pub const MAX_USER_DATA: usize = 64 << 10;
 /// Most servers one create may ask for.
 pub const MAX_COUNT: u32 = 100;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -143,6 +145,12 @@ impl ServerService for ServerApi {
                 "networks and ports on servers are not implemented in this release of Flotilla \
                  yet; create the server without --network",
             ));
+        }
+        if r.user_data.len() > MAX_USER_DATA {
+            return Err(Status::invalid_argument(format!(
+                "user_data is {} bytes; at most {MAX_USER_DATA} are accepted",
+                r.user_data.len()
+            )));
         }
         let count = r.max_count.max(r.min_count).max(1);
         if count > MAX_COUNT {
@@ -284,11 +292,15 @@ impl ServerService for ServerApi {
             .as_ref()
             .map(|t| t.project_id.clone())
             .unwrap_or_default();
+        if (!r.project.is_empty() || !r.host.is_empty()) && !p.admin {
+            return Err(Status::permission_denied(
+                "permission denied: filtering by project or host needs the cluster admin role",
+            ));
+        }
         let project_filter = if !r.project.is_empty() {
             let pr = state
                 .project(&r.project)
                 .ok_or_else(|| Status::not_found(format!("project {:?} not found", r.project)))?;
-            allow(&p, Action::ReadProject, Some(pr))?;
             Some(pr.id.clone())
         } else if r.all_projects {
             None
@@ -313,7 +325,7 @@ impl ServerService for ServerApi {
                 visible(&p, s)
                     && project_filter.as_ref().is_none_or(|id| &s.project_id == id)
                     && host_filter.as_ref().is_none_or(|h| &s.host_id == h)
-                    && (r.name.is_empty() || s.name == r.name)
+                    && (r.name.is_empty() || s.name.contains(&r.name))
                     && (r.image.is_empty() || s.image.id == r.image)
                     && (r.flavor.is_empty() || s.flavor.id == r.flavor || s.flavor.name == r.flavor)
                     && (status_filter == pb::ServerStatus::Unspecified
@@ -471,6 +483,7 @@ impl ServerService for ServerApi {
         let ops = s
             .operation_ids
             .iter()
+            .rev()
             .filter_map(|id| state.operation(id))
             .skip_while(|o| !r.page_token.is_empty() && o.id != r.page_token)
             .skip(usize::from(!r.page_token.is_empty()));
@@ -579,7 +592,12 @@ impl ServerApi {
             operation_id: operation_id.clone(),
             request: ServerRequest::Delete,
         };
-        self.api.propose(request_id, p.name, cmd).await?;
-        Ok(((), operation_id))
+        // A delete already under way (or a retried request) answers with the server as it is:
+        // its current operation is the delete to follow. A delete that completed at once
+        // (nothing held the server) recorded the new operation.
+        match self.api.propose(request_id, p.name, cmd).await? {
+            Outcome::Server(s) => Ok(((), s.current_operation_id)),
+            _ => Ok(((), operation_id)),
+        }
     }
 }

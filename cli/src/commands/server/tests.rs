@@ -1,0 +1,293 @@
+//! Grammar of `flotilla server` and `flotilla console`: what parses into what, and what is a
+//! usage error.
+
+use super::*;
+use crate::args::{Cli, Command};
+use crate::commands::console::{ConsoleCmd, ConsoleLogCmd};
+use clap::Parser;
+
+fn parse(args: &[&str]) -> Result<ServerCmd, clap::Error> {
+    let mut all = vec!["flotilla", "server"];
+    all.extend(args);
+    match Cli::try_parse_from(all)?.command {
+        Command::Server(cmd) => Ok(cmd),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn usage_error(args: &[&str]) -> String {
+    let err = parse(args).expect_err("a usage error");
+    assert_eq!(err.exit_code(), 2, "{err}");
+    err.to_string()
+}
+
+#[test]
+fn create_needs_a_name_a_flavor_and_an_image() {
+    let ServerCmd::Create(a) =
+        parse(&["create", "web", "--flavor", "m1", "--image", "cirros"]).unwrap()
+    else {
+        panic!("create")
+    };
+    assert_eq!((a.name.as_str(), a.flavor.as_str()), ("web", "m1"));
+    assert_eq!(a.image, "cirros");
+    assert_eq!(a.count, 1);
+    assert!(a.availability_zone.is_none() && a.group.is_none() && a.host.is_none());
+    assert!(a.properties.is_empty() && a.user_data.is_none() && !a.wait.wait);
+    usage_error(&["create", "web", "--image", "cirros"]);
+    usage_error(&["create", "web", "--flavor", "m1"]);
+    usage_error(&["create", "--flavor", "m1", "--image", "cirros"]);
+}
+
+#[test]
+fn create_takes_every_option() {
+    let ServerCmd::Create(a) = parse(&[
+        "create",
+        "web",
+        "--flavor",
+        "m1",
+        "--image",
+        "cirros",
+        "--availability-zone",
+        "az1",
+        "--group",
+        "spread",
+        "--count",
+        "3",
+        "--host",
+        "cmp1",
+        "--property",
+        "role=web",
+        "--property",
+        "tier=front",
+        "--user-data",
+        "init.yaml",
+        "--wait",
+    ])
+    .unwrap() else {
+        panic!("create")
+    };
+    assert_eq!(a.availability_zone.as_deref(), Some("az1"));
+    assert_eq!(a.group.as_deref(), Some("spread"));
+    assert_eq!(a.count, 3);
+    assert_eq!(a.host.as_deref(), Some("cmp1"));
+    assert_eq!(
+        a.properties,
+        [
+            ("role".into(), "web".into()),
+            ("tier".into(), "front".into())
+        ]
+    );
+    assert_eq!(
+        a.user_data.as_deref(),
+        Some(std::path::Path::new("init.yaml"))
+    );
+    assert!(a.wait.wait);
+}
+
+#[test]
+fn a_count_below_one_and_bad_properties_are_usage_errors() {
+    let base = ["create", "web", "--flavor", "m1", "--image", "cirros"];
+    for extra in [
+        &["--count", "0"][..],
+        &["--count", "x"],
+        &["--property", "novalue"],
+    ] {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        usage_error(&args);
+    }
+}
+
+#[test]
+fn list_filters_by_status_in_nova_words_any_case() {
+    let ServerCmd::List(a) = parse(&[
+        "list",
+        "--all-projects",
+        "--status",
+        "ACTIVE",
+        "--host",
+        "cmp1",
+        "--name",
+        "web",
+        "--long",
+    ])
+    .unwrap() else {
+        panic!("list")
+    };
+    assert!(a.all_projects && a.long);
+    assert_eq!(a.status, Some(StatusFilter::Active));
+    assert_eq!(
+        (a.host.as_deref(), a.name.as_deref()),
+        (Some("cmp1"), Some("web"))
+    );
+    for (word, want) in [
+        ("shutoff", StatusFilter::Shutoff),
+        ("HARD_REBOOT", StatusFilter::HardReboot),
+        ("hard-reboot", StatusFilter::HardReboot),
+        ("Error", StatusFilter::Error),
+    ] {
+        let ServerCmd::List(a) = parse(&["list", "--status", word]).unwrap() else {
+            panic!("list")
+        };
+        assert_eq!(a.status, Some(want), "{word}");
+    }
+    assert_eq!(
+        v1::ServerStatus::from(StatusFilter::HardReboot),
+        v1::ServerStatus::HardReboot
+    );
+    usage_error(&["list", "--status", "running"]);
+}
+
+#[test]
+fn start_stop_and_delete_take_several_servers() {
+    for verb in ["start", "stop", "delete"] {
+        let cmd = parse(&[verb, "a", "b", "--wait"]).unwrap();
+        let a = match cmd {
+            ServerCmd::Start(a) | ServerCmd::Stop(a) | ServerCmd::Delete(a) => a,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(a.servers, ["a", "b"]);
+        assert!(a.wait.wait);
+        usage_error(&[verb]);
+    }
+}
+
+#[test]
+fn single_server_actions_take_their_options_and_wait() {
+    let ServerCmd::Reboot(a) = parse(&["reboot", "--hard", "web", "--wait"]).unwrap() else {
+        panic!("reboot")
+    };
+    assert!(a.hard && a.wait.wait && a.server == "web");
+    let ServerCmd::Reboot(a) = parse(&["reboot", "web"]).unwrap() else {
+        panic!("reboot")
+    };
+    assert!(!a.hard && !a.wait.wait);
+    let ServerCmd::Lock(a) = parse(&["lock", "--reason", "audit", "web"]).unwrap() else {
+        panic!("lock")
+    };
+    assert_eq!(
+        (a.server.as_str(), a.reason.as_deref()),
+        ("web", Some("audit"))
+    );
+    let ServerCmd::Unlock(a) = parse(&["unlock", "web", "--wait"]).unwrap() else {
+        panic!("unlock")
+    };
+    assert!(a.wait.wait);
+    let ServerCmd::Rebuild(a) = parse(&["rebuild", "--image", "ubuntu", "web"]).unwrap() else {
+        panic!("rebuild")
+    };
+    assert_eq!(a.image.as_deref(), Some("ubuntu"));
+    let ServerCmd::Rebuild(a) = parse(&["rebuild", "web"]).unwrap() else {
+        panic!("rebuild")
+    };
+    assert!(a.image.is_none());
+    usage_error(&["reboot", "a", "b"]);
+}
+
+#[test]
+fn backup_create_takes_name_type_and_rotation() {
+    let ServerCmd::Backup(BackupCmd::Create(a)) = parse(&[
+        "backup",
+        "create",
+        "--name",
+        "web-daily",
+        "--type",
+        "daily",
+        "--rotate",
+        "7",
+        "web",
+        "--wait",
+    ])
+    .unwrap() else {
+        panic!("backup create")
+    };
+    assert_eq!(a.server, "web");
+    assert_eq!(
+        (a.name.as_str(), a.backup_type.as_str()),
+        ("web-daily", "daily")
+    );
+    assert_eq!(a.rotate, 7);
+    assert!(a.wait.wait);
+    let ServerCmd::Backup(BackupCmd::Create(a)) =
+        parse(&["backup", "create", "--name", "b", "--type", "weekly", "web"]).unwrap()
+    else {
+        panic!("backup create")
+    };
+    assert_eq!(a.rotate, 1, "keeps one by default");
+    usage_error(&["backup", "create", "--type", "daily", "web"]);
+    usage_error(&["backup", "create", "--name", "b", "web"]);
+    usage_error(&[
+        "backup", "create", "--name", "b", "--type", "d", "--rotate", "0", "web",
+    ]);
+}
+
+#[test]
+fn image_create_takes_a_name_and_properties() {
+    let ServerCmd::Image(ServerImageCmd::Create(a)) = parse(&[
+        "image",
+        "create",
+        "--name",
+        "snap",
+        "--property",
+        "k=v",
+        "web",
+    ])
+    .unwrap() else {
+        panic!("image create")
+    };
+    assert_eq!((a.server.as_str(), a.name.as_str()), ("web", "snap"));
+    assert_eq!(a.properties, [("k".into(), "v".into())]);
+    usage_error(&["image", "create", "web"]);
+}
+
+#[test]
+fn reads_take_one_server() {
+    assert!(matches!(
+        parse(&["action", "list", "web"]).unwrap(),
+        ServerCmd::Action(ActionCmd::List { server }) if server == "web"
+    ));
+    assert!(matches!(
+        parse(&["diagnostics", "web"]).unwrap(),
+        ServerCmd::Diagnostics { server } if server == "web"
+    ));
+    assert!(matches!(
+        parse(&["show", "web"]).unwrap(),
+        ServerCmd::Show { server } if server == "web"
+    ));
+    let ServerCmd::Console(ServerConsoleCmd::Log(a)) =
+        parse(&["console", "log", "web", "--lines", "20"]).unwrap()
+    else {
+        panic!("server console log")
+    };
+    assert_eq!((a.server.as_str(), a.lines), ("web", Some(20)));
+    usage_error(&["console", "log", "web", "--lines", "0"]);
+}
+
+#[test]
+fn console_log_show_is_the_same_command() {
+    let cli =
+        Cli::try_parse_from(["flotilla", "console", "log", "show", "web", "--lines", "5"]).unwrap();
+    let Command::Console(ConsoleCmd::Log(ConsoleLogCmd::Show(a))) = cli.command else {
+        panic!("console log show")
+    };
+    assert_eq!((a.server.as_str(), a.lines), ("web", Some(5)));
+    let cli = Cli::try_parse_from(["flotilla", "console", "log", "show", "web"]).unwrap();
+    let Command::Console(ConsoleCmd::Log(ConsoleLogCmd::Show(a))) = cli.command else {
+        panic!("console log show")
+    };
+    assert_eq!(a.lines, None);
+}
+
+#[test]
+fn oversized_user_data_is_refused_before_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("ok.yaml");
+    std::fs::write(&ok, vec![b'a'; MAX_USER_DATA]).unwrap();
+    assert_eq!(read_user_data(&ok).unwrap().len(), MAX_USER_DATA);
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, vec![b'a'; MAX_USER_DATA + 1]).unwrap();
+    let err = read_user_data(&big).unwrap_err().to_string();
+    assert!(err.contains("65537 bytes; at most 65536"), "{err}");
+    let err = read_user_data(&dir.path().join("missing")).unwrap_err();
+    assert!(matches!(err, CliError::ReadFile { .. }), "{err}");
+}
