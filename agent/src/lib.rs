@@ -1,5 +1,21 @@
 //! `flotilla-agent` as a library: the compute agent's modules, used by its binary and tests.
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`session`]: the session with the controllers (registration, lease, heartbeats).
+//! - [`executor`]: converges the host (scan → [`reconcile::plan`] → drivers).
+//! - [`commands`]: operation commands and queries.
+//! - [`desired`]: the controller's desired state as the planner's input (pure).
+//! - [`transfer`]: image fetches and snapshot uploads.
+//! - [`service`]: wires the tasks together.
+//! - [`driver`], [`render`], [`reconcile`]: drivers, pure renderers, the pure planner.
 
+pub mod commands;
+pub mod config;
+pub mod desired;
 pub mod driver;
+pub mod executor;
 pub mod reconcile;
 pub mod render;
+pub mod service;
+pub mod session;
+pub mod transfer;

@@ -7,8 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use flotilla_agent::driver::conformance::disks::{image, pattern, qcow2_image, run_disks_suite};
-use flotilla_agent::driver::disks::{DiskError, Disks, DisksConfig, QemuImgDisks};
+use flotilla_agent::driver::disks::{DiskError, DiskRef, Disks, DisksConfig, QemuImgDisks};
 use flotilla_agent::driver::disks_fake::{DiskOp, FakeDisks};
+use flotilla_agent::render::domain::DiskRole;
 use flotilla_agent::render::qemu_img::DiskFormat;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -157,18 +158,37 @@ fn overlays_pin_the_backing_format_and_snapshots_stand_alone() {
     let base = disks
         .ensure_base(&img, &mut || Ok(Cursor::new(data.clone())))
         .unwrap();
-    let server = Uuid::new_v4();
+    let server = DiskRef::root(Uuid::new_v4(), 3);
     disks
         .create_overlay(server, &base, DiskFormat::Raw, 1)
         .unwrap();
-    let overlay = disks.overlay_path(server);
+    let overlay = disks.disk_path(server);
+    assert_eq!(
+        overlay,
+        disks
+            .config()
+            .disks_dir
+            .join(server.server.to_string())
+            .join("3/root.qcow2")
+    );
     let info = qemu_img_json(&["info", "--output=json", "-f", "qcow2"], &overlay);
     assert_eq!(info["backing-filename-format"], "raw");
     assert_eq!(info["backing-filename"], base.to_str().unwrap());
     assert_eq!(
-        files_in(&disks.config().disks_dir),
-        std::slice::from_ref(&overlay)
+        files_in(overlay.parent().unwrap()),
+        std::slice::from_ref(&overlay),
+        "no temp file left"
     );
+
+    // A blank swap disk is a qcow2 file without a backing file, next to the root disk.
+    let swap = DiskRef::new(server.server, 3, DiskRole::Swap);
+    disks.create_blank(swap, 64 << 20).unwrap();
+    let info = qemu_img_json(
+        &["info", "--output=json", "-f", "qcow2"],
+        &disks.disk_path(swap),
+    );
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    assert_eq!(info["virtual-size"], 64u64 << 20);
 
     // A raw snapshot holds the base's bytes, flattened, and its digest is the file's.
     let snap = disks
@@ -201,7 +221,7 @@ fn a_disk_in_use_is_not_snapshotted() {
     let base = disks
         .ensure_base(&img, &mut || Ok(Cursor::new(data.clone())))
         .unwrap();
-    let server = Uuid::new_v4();
+    let server = DiskRef::root(Uuid::new_v4(), 1);
     disks
         .create_overlay(server, &base, DiskFormat::Raw, 1)
         .unwrap();
@@ -213,7 +233,7 @@ fn a_disk_in_use_is_not_snapshotted() {
         .arg(&pid_file)
         .arg("-k")
         .arg(root.path().join("nbd.sock"))
-        .arg(disks.overlay_path(server))
+        .arg(disks.disk_path(server))
         .status();
     if !status.is_ok_and(|s| s.success()) {
         eprintln!("SKIP: qemu-nbd could not serve the disk");
@@ -244,7 +264,7 @@ fn a_hanging_or_missing_qemu_img_is_reported() {
     let base = disks
         .ensure_base(&img, &mut || Ok(Cursor::new(data.clone())))
         .unwrap();
-    match disks.create_overlay(Uuid::new_v4(), &base, DiskFormat::Raw, 1) {
+    match disks.create_overlay(DiskRef::root(Uuid::new_v4(), 1), &base, DiskFormat::Raw, 1) {
         Err(DiskError::QemuImgTimeout { action, .. }) => assert_eq!(action, "info"),
         other => panic!("expected QemuImgTimeout, got {other:?}"),
     }
@@ -257,7 +277,7 @@ fn a_hanging_or_missing_qemu_img_is_reported() {
         .ensure_base(&img, &mut || Ok(Cursor::new(data.clone())))
         .unwrap();
     let err = disks
-        .create_overlay(Uuid::new_v4(), &base, DiskFormat::Raw, 1)
+        .create_overlay(DiskRef::root(Uuid::new_v4(), 1), &base, DiskFormat::Raw, 1)
         .unwrap_err();
     assert!(err.to_string().contains("is qemu-utils installed"), "{err}");
 }

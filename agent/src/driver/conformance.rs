@@ -85,6 +85,10 @@ pub const HYPERVISOR_CHECKS: &[(&str, Check)] = &[
     ("unknown_names_are_not_found", unknown_names_are_not_found),
     ("start_is_idempotent", start_is_idempotent),
     (
+        "resume_needs_a_started_domain",
+        resume_needs_a_started_domain,
+    ),
+    (
         "shutdown_waits_for_acpi_then_destroys",
         shutdown_waits_for_acpi_then_destroys,
     ),
@@ -286,6 +290,7 @@ fn foreign_domains_are_listed_but_never_changed(f: &HypervisorFixture<'_>) {
         "shutdown",
     );
     refused(f.hv.reboot(foreign, RebootMode::Hard).map(drop), "reboot");
+    refused(f.hv.resume(foreign), "resume");
     refused(f.hv.destroy(foreign), "destroy");
     refused(f.hv.undefine(foreign), "undefine");
     let after = f.hv.info(foreign).unwrap();
@@ -304,6 +309,7 @@ fn unknown_names_are_not_found(f: &HypervisorFixture<'_>) {
         "shutdown",
     );
     missing(f.hv.reboot(&name, RebootMode::Hard).map(drop), "reboot");
+    missing(f.hv.resume(&name), "resume");
     missing(f.hv.destroy(&name), "destroy");
     missing(f.hv.undefine(&name), "undefine");
     missing(f.hv.info(&name).map(drop), "info");
@@ -321,6 +327,19 @@ fn start_is_idempotent(f: &HypervisorFixture<'_>) {
     let info = f.hv.info(&name).unwrap();
     assert_eq!(info.power, PowerState::Running);
     assert_eq!(info.state, "running (booted)");
+    remove(f, &name);
+}
+
+fn resume_needs_a_started_domain(f: &HypervisorFixture<'_>) {
+    let (_, name) = running(f);
+    f.hv.resume(&name)
+        .expect("resuming a running domain is a no-op");
+    assert_eq!(f.hv.info(&name).unwrap().power, PowerState::Running);
+    f.hv.destroy(&name).unwrap();
+    match f.hv.resume(&name) {
+        Err(HypervisorError::InvalidState { state, .. }) => assert_eq!(state, PowerState::ShutOff),
+        other => panic!("resume of a shut-off domain: expected InvalidState, got {other:?}"),
+    }
     remove(f, &name);
 }
 

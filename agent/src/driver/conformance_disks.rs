@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::driver::disks::{BaseImage, DiskError, Disks};
+use crate::driver::disks::{BaseImage, DiskError, DiskRef, Disks};
+use crate::render::domain::DiskRole;
 use crate::render::qemu_img::DiskFormat;
 
 const GIB: u64 = 1 << 30;
@@ -45,7 +46,15 @@ pub const DISKS_CHECKS: &[(&str, Check)] = &[
         overlay_smaller_than_the_base_is_refused,
     ),
     ("overlay_needs_a_cached_base", overlay_needs_a_cached_base),
-    ("delete_overlay_is_idempotent", delete_overlay_is_idempotent),
+    ("delete_disk_is_idempotent", delete_disk_is_idempotent),
+    (
+        "blank_disks_have_no_backing_file",
+        blank_disks_have_no_backing_file,
+    ),
+    (
+        "generations_are_separate_and_deleted_whole",
+        generations_are_separate_and_deleted_whole,
+    ),
     (
         "snapshot_makes_a_standalone_copy",
         snapshot_makes_a_standalone_copy,
@@ -133,6 +142,11 @@ fn cached_digests(d: &dyn Disks) -> Vec<String> {
         .into_iter()
         .map(|b| b.sha256)
         .collect()
+}
+
+/// The generation-1 root disk of a fresh server.
+fn new_root() -> DiskRef {
+    DiskRef::root(Uuid::new_v4(), 1)
 }
 
 fn ensure_base_verifies_then_caches(d: &dyn Disks) {
@@ -264,16 +278,22 @@ fn invalid_digests_are_refused_before_fetching(d: &dyn Disks) {
 
 fn overlay_pins_base_and_format_and_is_idempotent(d: &dyn Disks) {
     let (_, base) = cached(d, &pattern(2 << 20, 4), DiskFormat::Raw);
-    let server = Uuid::new_v4();
+    let server = new_root();
     let info = d
         .create_overlay(server, &base, DiskFormat::Raw, 1)
         .expect("create_overlay");
-    assert_eq!(info.path, d.overlay_path(server));
+    assert_eq!(info.path, d.disk_path(server));
+    assert_eq!(
+        d.layout().parse(&info.path),
+        Some((server.server.to_string(), 1, DiskRole::Root)),
+        "the path follows the layout"
+    );
     assert_eq!(info.format, "qcow2");
     assert_eq!(info.virtual_size, GIB);
     assert_eq!(info.backing_file.as_deref(), Some(base.as_path()));
     assert_eq!(info.backing_format.as_deref(), Some("raw"));
-    assert_eq!(d.overlay_info(server).unwrap(), info);
+    assert_eq!(d.disk_info(server).unwrap(), info);
+    assert_eq!(d.list_disks().unwrap(), [server]);
 
     let again = d
         .create_overlay(server, &base, DiskFormat::Raw, 1)
@@ -286,14 +306,14 @@ fn overlay_pins_base_and_format_and_is_idempotent(d: &dyn Disks) {
         }
     }
     assert_eq!(
-        d.overlay_info(server).unwrap(),
+        d.disk_info(server).unwrap(),
         info,
         "the existing disk is untouched"
     );
 
     // Size 0: as large as the base. A qcow2 base is pinned as qcow2.
     let (_, qbase) = cached(d, &qcow2_image(3 * GIB), DiskFormat::Qcow2);
-    let other = Uuid::new_v4();
+    let other = new_root();
     let info = d
         .create_overlay(other, &qbase, DiskFormat::Qcow2, 0)
         .unwrap();
@@ -303,7 +323,7 @@ fn overlay_pins_base_and_format_and_is_idempotent(d: &dyn Disks) {
 
 fn overlay_smaller_than_the_base_is_refused(d: &dyn Disks) {
     let (_, base) = cached(d, &qcow2_image(2 * GIB + 512), DiskFormat::Qcow2);
-    let server = Uuid::new_v4();
+    let server = new_root();
     match d.create_overlay(server, &base, DiskFormat::Qcow2, 2) {
         Err(e @ DiskError::TooSmall { .. }) => {
             assert!(e.to_string().contains("at least 3 GiB"), "{e}");
@@ -311,7 +331,7 @@ fn overlay_smaller_than_the_base_is_refused(d: &dyn Disks) {
         other => panic!("expected TooSmall, got {other:?}"),
     }
     assert!(matches!(
-        d.overlay_info(server),
+        d.disk_info(server),
         Err(DiskError::NotFound { .. })
     ));
     assert_eq!(
@@ -323,7 +343,7 @@ fn overlay_smaller_than_the_base_is_refused(d: &dyn Disks) {
 }
 
 fn overlay_needs_a_cached_base(d: &dyn Disks) {
-    let server = Uuid::new_v4();
+    let server = new_root();
     let missing = d.base_path(&"0".repeat(64)).unwrap();
     for base in [missing.as_path(), Path::new("/etc/passwd")] {
         match d.create_overlay(server, base, DiskFormat::Raw, 1) {
@@ -338,28 +358,82 @@ fn overlay_needs_a_cached_base(d: &dyn Disks) {
         other => panic!("raw bytes as qcow2: expected QemuImg, got {other:?}"),
     }
     assert!(matches!(
-        d.overlay_info(server),
+        d.disk_info(server),
         Err(DiskError::NotFound { .. })
     ));
+    assert!(d.list_disks().unwrap().is_empty(), "nothing left behind");
 }
 
-fn delete_overlay_is_idempotent(d: &dyn Disks) {
+fn delete_disk_is_idempotent(d: &dyn Disks) {
     let (_, base) = cached(d, &pattern(1 << 20, 6), DiskFormat::Raw);
-    let server = Uuid::new_v4();
+    let server = new_root();
     d.create_overlay(server, &base, DiskFormat::Raw, 1).unwrap();
-    assert!(d.delete_overlay(server).unwrap());
-    assert!(!d.delete_overlay(server).unwrap());
-    match d.overlay_info(server) {
-        Err(DiskError::NotFound { path, .. }) => assert_eq!(path, d.overlay_path(server)),
+    assert!(d.delete_disk(server).unwrap());
+    assert!(!d.delete_disk(server).unwrap());
+    match d.disk_info(server) {
+        Err(DiskError::NotFound { path, .. }) => assert_eq!(path, d.disk_path(server)),
         other => panic!("expected NotFound, got {other:?}"),
     }
     // A new disk can be made in its place.
     d.create_overlay(server, &base, DiskFormat::Raw, 2).unwrap();
 }
 
+fn blank_disks_have_no_backing_file(d: &dyn Disks) {
+    let server = Uuid::new_v4();
+    let swap = DiskRef::new(server, 4, DiskRole::Swap);
+    let info = d.create_blank(swap, 512 << 20).expect("create_blank");
+    assert_eq!(info.path, d.disk_path(swap));
+    assert_eq!(info.format, "qcow2");
+    assert_eq!(info.virtual_size, 512 << 20);
+    assert_eq!((info.backing_file, info.backing_format), (None, None));
+    // Sizes round up to whole sectors.
+    let eph = DiskRef::new(server, 4, DiskRole::Ephemeral);
+    assert_eq!(d.create_blank(eph, 1000).unwrap().virtual_size, 1024);
+    // The same disk again is fine; another size over it is refused.
+    assert_eq!(
+        d.create_blank(swap, 512 << 20).unwrap().virtual_size,
+        512 << 20
+    );
+    match d.create_blank(swap, 1 << 30) {
+        Err(DiskError::OverlayExists { path, .. }) => assert_eq!(path, d.disk_path(swap)),
+        other => {
+            panic!("another size over an existing disk: expected OverlayExists, got {other:?}")
+        }
+    }
+    assert_eq!(d.list_disks().unwrap(), [eph, swap]);
+}
+
+fn generations_are_separate_and_deleted_whole(d: &dyn Disks) {
+    let (_, base) = cached(d, &pattern(1 << 20, 10), DiskFormat::Raw);
+    let server = Uuid::new_v4();
+    let (old, new) = (DiskRef::root(server, 1), DiskRef::root(server, 2));
+    let old_swap = DiskRef::new(server, 1, DiskRole::Swap);
+    let other = DiskRef::root(Uuid::new_v4(), 1);
+    d.create_overlay(old, &base, DiskFormat::Raw, 1).unwrap();
+    d.create_blank(old_swap, 1 << 20).unwrap();
+    // Another generation's disk is another file, even with different contents.
+    d.create_overlay(new, &base, DiskFormat::Raw, 2).unwrap();
+    d.create_overlay(other, &base, DiskFormat::Raw, 1).unwrap();
+    assert_ne!(d.disk_path(old), d.disk_path(new));
+    let mut all = vec![old, old_swap, new, other];
+    all.sort();
+    assert_eq!(d.list_disks().unwrap(), all);
+
+    assert!(d.delete_generation(server, 1).unwrap());
+    assert!(!d.delete_generation(server, 1).unwrap(), "idempotent");
+    let mut left = vec![new, other];
+    left.sort();
+    assert_eq!(d.list_disks().unwrap(), left);
+    assert_eq!(d.disk_info(new).unwrap().virtual_size, 2 * GIB);
+
+    assert!(d.delete_generation(server, 2).unwrap());
+    assert_eq!(d.list_disks().unwrap(), [other]);
+    assert!(!d.delete_generation(Uuid::new_v4(), 7).unwrap());
+}
+
 fn snapshot_makes_a_standalone_copy(d: &dyn Disks) {
     let (_, base) = cached(d, &pattern(1 << 20, 7), DiskFormat::Raw);
-    let server = Uuid::new_v4();
+    let server = new_root();
     d.create_overlay(server, &base, DiskFormat::Raw, 1).unwrap();
     let snap_id = Uuid::new_v4();
     let snap = d
@@ -382,7 +456,7 @@ fn snapshot_makes_a_standalone_copy(d: &dyn Disks) {
     assert!(d.delete_snapshot(snap_id).unwrap());
     assert!(!d.delete_snapshot(snap_id).unwrap());
 
-    match d.snapshot(Uuid::new_v4(), Uuid::new_v4(), DiskFormat::Qcow2) {
+    match d.snapshot(new_root(), Uuid::new_v4(), DiskFormat::Qcow2) {
         Err(DiskError::NotFound { .. }) => {}
         other => panic!("snapshot without a disk: expected NotFound, got {other:?}"),
     }
@@ -391,7 +465,7 @@ fn snapshot_makes_a_standalone_copy(d: &dyn Disks) {
 fn eviction_keeps_bases_in_use_or_recently_wanted(d: &dyn Disks) {
     let (used, used_path) = cached(d, &pattern(1 << 20, 8), DiskFormat::Raw);
     let (unused, _) = cached(d, &pattern(1 << 20, 9), DiskFormat::Raw);
-    let server = Uuid::new_v4();
+    let server = new_root();
     d.create_overlay(server, &used_path, DiskFormat::Raw, 1)
         .unwrap();
 
@@ -411,12 +485,10 @@ fn eviction_keeps_bases_in_use_or_recently_wanted(d: &dyn Disks) {
     );
     assert_eq!(evicted[0].bytes, unused.size);
     assert_eq!(cached_digests(d), std::slice::from_ref(&used.sha256));
-    assert_eq!(
-        d.overlay_info(server).unwrap().backing_file,
-        Some(used_path)
-    );
+    assert_eq!(d.disk_info(server).unwrap().backing_file, Some(used_path));
 
-    d.delete_overlay(server).unwrap();
+    d.delete_generation(server.server, server.generation)
+        .unwrap();
     let evicted = d.evict_unused(Duration::ZERO).unwrap();
     assert_eq!(evicted.len(), 1);
     assert!(cached_digests(d).is_empty());

@@ -5,7 +5,8 @@
 //! Paths are computed like the real layout under a root that need not exist. Image bytes are
 //! streamed, sized and hashed as for real but not kept: a base remembers its size and, like
 //! `qemu-img info -f <format>`, its virtual size (a raw image's file size, a qcow2's header
-//! size field).
+//! size field). A snapshot is 64 KiB of bytes derived from the disk and snapshot ids; when the
+//! root directory exists, the file is really written (and deleted), so it can be uploaded.
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -16,21 +17,26 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::disks::{
-    check_digest, BaseImage, CachedBase, DiskError, Disks, EvictedBase, ImageSource, OverlayInfo,
-    SnapshotFile,
+    check_digest, BaseImage, CachedBase, DiskError, DiskRef, Disks, EvictedBase, ImageSource,
+    OverlayInfo, SnapshotFile,
 };
+use crate::reconcile::DiskLayout;
 use crate::render::qemu_img::DiskFormat;
 
 const GIB: u64 = 1 << 30;
 const QCOW2_MAGIC: &[u8] = b"QFI\xfb";
+const SNAPSHOT_BYTES: usize = 64 << 10;
 
 /// Operations failures can be injected into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DiskOp {
     EnsureBase,
     CreateOverlay,
-    DeleteOverlay,
-    OverlayInfo,
+    CreateBlank,
+    DeleteDisk,
+    DeleteGeneration,
+    DiskInfo,
+    ListDisks,
     Snapshot,
     DeleteSnapshot,
     EvictUnused,
@@ -47,7 +53,7 @@ struct FakeBase {
 #[derive(Debug, Default)]
 struct State {
     bases: BTreeMap<String, FakeBase>,
-    overlays: BTreeMap<Uuid, OverlayInfo>,
+    disks: BTreeMap<DiskRef, OverlayInfo>,
     snapshots: BTreeMap<Uuid, SnapshotFile>,
     failures: HashMap<DiskOp, VecDeque<DiskError>>,
     calls: Vec<DiskOp>,
@@ -57,7 +63,7 @@ struct State {
 #[derive(Debug)]
 pub struct FakeDisks {
     cache_dir: PathBuf,
-    disks_dir: PathBuf,
+    layout: DiskLayout,
     snapshots_dir: PathBuf,
     state: Mutex<State>,
 }
@@ -67,7 +73,7 @@ impl FakeDisks {
     pub fn new(root: &Path) -> Self {
         FakeDisks {
             cache_dir: root.join("images"),
-            disks_dir: root.join("disks"),
+            layout: DiskLayout::new(root.join("disks")),
             snapshots_dir: root.join("snapshots"),
             state: Mutex::new(State::default()),
         }
@@ -86,6 +92,24 @@ impl FakeDisks {
     /// Every call so far.
     pub fn calls(&self) -> Vec<DiskOp> {
         self.state.lock().calls.clone()
+    }
+
+    /// Every disk present, with what `qemu-img info` would say (no call is recorded).
+    pub fn disks(&self) -> BTreeMap<DiskRef, OverlayInfo> {
+        self.state.lock().disks.clone()
+    }
+
+    /// Creates a disk and its bytes out of nothing, as if left by an earlier run.
+    pub fn insert_disk(&self, disk: DiskRef, virtual_size: u64) {
+        let info = OverlayInfo {
+            path: self.disk_path(disk),
+            format: "qcow2".to_string(),
+            virtual_size,
+            actual_size: Some(196_608),
+            backing_file: None,
+            backing_format: None,
+        };
+        self.state.lock().disks.insert(disk, info);
     }
 
     fn enter(&self, op: DiskOp) -> Result<parking_lot::MutexGuard<'_, State>, DiskError> {
@@ -161,8 +185,8 @@ impl Disks for FakeDisks {
         Ok(self.cache_dir.join(sha256))
     }
 
-    fn overlay_path(&self, server: Uuid) -> PathBuf {
-        self.disks_dir.join(format!("{server}.qcow2"))
+    fn layout(&self) -> &DiskLayout {
+        &self.layout
     }
 
     fn ensure_base(
@@ -209,7 +233,7 @@ impl Disks for FakeDisks {
 
     fn create_overlay(
         &self,
-        server: Uuid,
+        disk: DiskRef,
         base: &Path,
         base_format: DiskFormat,
         size_gib: u64,
@@ -246,91 +270,121 @@ impl Disks for FakeDisks {
             });
         }
         let info = OverlayInfo {
-            path: self.overlay_path(server),
+            path: self.disk_path(disk),
             format: "qcow2".to_string(),
             virtual_size: want,
             actual_size: Some(196_608),
             backing_file: Some(base.to_path_buf()),
             backing_format: Some(base_format.qemu_name().to_string()),
         };
-        if let Some(have) = state.overlays.get(&server) {
-            if *have == info {
-                return Ok(info);
-            }
-            return Err(DiskError::OverlayExists {
-                path: info.path,
-                found: format!(
-                    "{} of {} bytes on {:?} ({:?})",
-                    have.format, have.virtual_size, have.backing_file, have.backing_format
-                ),
-            });
-        }
-        state.overlays.insert(server, info.clone());
-        Ok(info)
+        insert_once(&mut state, disk, info)
     }
 
-    fn delete_overlay(&self, server: Uuid) -> Result<bool, DiskError> {
+    fn create_blank(&self, disk: DiskRef, size_bytes: u64) -> Result<OverlayInfo, DiskError> {
+        let mut state = self.enter(DiskOp::CreateBlank)?;
+        let info = OverlayInfo {
+            path: self.disk_path(disk),
+            format: "qcow2".to_string(),
+            virtual_size: size_bytes.div_ceil(512) * 512,
+            actual_size: Some(196_608),
+            backing_file: None,
+            backing_format: None,
+        };
+        insert_once(&mut state, disk, info)
+    }
+
+    fn delete_disk(&self, disk: DiskRef) -> Result<bool, DiskError> {
         Ok(self
-            .enter(DiskOp::DeleteOverlay)?
-            .overlays
-            .remove(&server)
+            .enter(DiskOp::DeleteDisk)?
+            .disks
+            .remove(&disk)
             .is_some())
     }
 
-    fn overlay_info(&self, server: Uuid) -> Result<OverlayInfo, DiskError> {
-        self.enter(DiskOp::OverlayInfo)?
-            .overlays
-            .get(&server)
+    fn delete_generation(&self, server: Uuid, generation: u64) -> Result<bool, DiskError> {
+        let mut state = self.enter(DiskOp::DeleteGeneration)?;
+        let before = state.disks.len();
+        state
+            .disks
+            .retain(|d, _| (d.server, d.generation) != (server, generation));
+        Ok(state.disks.len() < before)
+    }
+
+    fn disk_info(&self, disk: DiskRef) -> Result<OverlayInfo, DiskError> {
+        self.enter(DiskOp::DiskInfo)?
+            .disks
+            .get(&disk)
             .cloned()
             .ok_or_else(|| DiskError::NotFound {
                 what: "disk",
-                path: self.overlay_path(server),
+                path: self.disk_path(disk),
             })
+    }
+
+    fn list_disks(&self) -> Result<Vec<DiskRef>, DiskError> {
+        Ok(self
+            .enter(DiskOp::ListDisks)?
+            .disks
+            .keys()
+            .copied()
+            .collect())
     }
 
     fn snapshot(
         &self,
-        server: Uuid,
+        disk: DiskRef,
         snapshot: Uuid,
         format: DiskFormat,
     ) -> Result<SnapshotFile, DiskError> {
         let mut state = self.enter(DiskOp::Snapshot)?;
-        let overlay = state
-            .overlays
-            .get(&server)
-            .ok_or_else(|| DiskError::NotFound {
-                what: "disk",
-                path: self.overlay_path(server),
-            })?;
-        let mut hasher = Sha256::new();
-        hasher.update(server.as_bytes());
-        hasher.update(snapshot.as_bytes());
+        let overlay = state.disks.get(&disk).ok_or_else(|| DiskError::NotFound {
+            what: "disk",
+            path: self.disk_path(disk),
+        })?;
+        let mut seed = Sha256::new();
+        seed.update(disk.server.as_bytes());
+        seed.update(disk.generation.to_be_bytes());
+        seed.update(snapshot.as_bytes());
+        let seed = seed.finalize();
+        let content: Vec<u8> = (0..SNAPSHOT_BYTES)
+            .map(|i| seed[i % seed.len()] ^ (i / seed.len()) as u8)
+            .collect();
+        let path = self.snapshots_dir.join(snapshot.to_string());
+        if self.snapshots_dir.parent().is_some_and(Path::is_dir) {
+            std::fs::create_dir_all(&self.snapshots_dir)
+                .and_then(|()| std::fs::write(&path, &content))
+                .map_err(|source| DiskError::Io {
+                    action: "write the snapshot",
+                    path: path.clone(),
+                    source,
+                })?;
+        }
         let file = SnapshotFile {
-            path: self.snapshots_dir.join(snapshot.to_string()),
+            path,
             format,
-            size: match format {
-                DiskFormat::Raw | DiskFormat::Iso => overlay.virtual_size,
-                _ => 196_608,
-            },
+            size: content.len() as u64,
             virtual_size: overlay.virtual_size,
-            sha256: hex::encode(hasher.finalize()),
+            sha256: hex::encode(Sha256::digest(&content)),
         };
         state.snapshots.insert(snapshot, file.clone());
         Ok(file)
     }
 
     fn delete_snapshot(&self, snapshot: Uuid) -> Result<bool, DiskError> {
-        Ok(self
+        let removed = self
             .enter(DiskOp::DeleteSnapshot)?
             .snapshots
-            .remove(&snapshot)
-            .is_some())
+            .remove(&snapshot);
+        if let Some(file) = &removed {
+            let _ = std::fs::remove_file(&file.path);
+        }
+        Ok(removed.is_some())
     }
 
     fn evict_unused(&self, min_idle: Duration) -> Result<Vec<EvictedBase>, DiskError> {
         let mut state = self.enter(DiskOp::EvictUnused)?;
         let used: Vec<PathBuf> = state
-            .overlays
+            .disks
             .values()
             .filter_map(|o| o.backing_file.clone())
             .collect();
@@ -353,4 +407,26 @@ impl Disks for FakeDisks {
             })
             .collect())
     }
+}
+
+/// Records a new disk, or accepts the same one again; a different one is refused.
+fn insert_once(
+    state: &mut State,
+    disk: DiskRef,
+    info: OverlayInfo,
+) -> Result<OverlayInfo, DiskError> {
+    if let Some(have) = state.disks.get(&disk) {
+        if *have == info {
+            return Ok(info);
+        }
+        return Err(DiskError::OverlayExists {
+            path: info.path,
+            found: format!(
+                "{} of {} bytes on {:?} ({:?})",
+                have.format, have.virtual_size, have.backing_file, have.backing_format
+            ),
+        });
+    }
+    state.disks.insert(disk, info.clone());
+    Ok(info)
 }

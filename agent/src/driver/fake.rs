@@ -3,7 +3,8 @@
 //!
 //! Scripting:
 //! - [`FakeHypervisor::fail_next`]: the next `op` on a domain fails with a given error (queued
-//!   per operation and name, consumed in order).
+//!   per operation and name, consumed in order); [`FakeHypervisor::clear_failures`] drops the
+//!   rest.
 //! - [`FakeHypervisor::set_acpi`]: how the guest answers the ACPI power button — power off after
 //!   a delay, or ignore it (so [`Hypervisor::shutdown`] runs into its timeout and destroys).
 //! - [`FakeHypervisor::insert_foreign`]: a domain that is not Flotilla's.
@@ -35,6 +36,7 @@ pub enum Op {
     Start,
     Shutdown,
     Reboot,
+    Resume,
     Destroy,
     Undefine,
     Info,
@@ -100,6 +102,11 @@ impl FakeHypervisor {
             .entry((op, name.to_string()))
             .or_default()
             .push_back(error);
+    }
+
+    /// Drops every failure injected and not yet consumed.
+    pub fn clear_failures(&self) {
+        self.state.lock().failures.clear();
     }
 
     /// How the guest of `name` answers ACPI shutdown from now on.
@@ -408,6 +415,25 @@ impl Hypervisor for FakeHypervisor {
         };
         self.with_domain(name, power_on)?;
         Ok(outcome)
+    }
+
+    fn resume(&self, name: &str) -> Result<(), HypervisorError> {
+        let mut state = self.state.lock();
+        let d = Self::enter(&mut state, Op::Resume, name, true)?;
+        match d.power {
+            PowerState::ShutOff => Err(HypervisorError::InvalidState {
+                name: name.to_string(),
+                action: "resume",
+                state: d.power,
+                hint: "; start it instead",
+            }),
+            PowerState::Paused | PowerState::Suspended => {
+                d.power = PowerState::Running;
+                d.reason = reason::RUNNING_UNPAUSED;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn destroy(&self, name: &str) -> Result<(), HypervisorError> {

@@ -359,6 +359,22 @@ impl Hypervisor for LibvirtHypervisor {
         Ok(outcome)
     }
 
+    fn resume(&self, name: &str) -> Result<(), HypervisorError> {
+        let (dom, _) = self.ours(name, "resume")?;
+        let power = self.power(&dom, name, "resume")?;
+        match power {
+            PowerState::ShutOff => Err(HypervisorError::InvalidState {
+                name: name.to_string(),
+                action: "resume",
+                state: power,
+                hint: "; start it instead",
+            }),
+            PowerState::Paused => dom.resume().map_err(|e| self.error(e, "resume", name)),
+            PowerState::Suspended => dom.pm_wakeup(0).map_err(|e| self.error(e, "resume", name)),
+            _ => Ok(()),
+        }
+    }
+
     fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
         let (dom, _) = self.ours(name, "destroy")?;
         self.destroy_domain(&dom, name)

@@ -24,6 +24,7 @@ use std::time::Duration;
 pub mod conformance;
 pub mod disks;
 pub mod disks_fake;
+pub mod disks_qemu;
 pub mod domain_xml;
 pub mod fake;
 pub mod libvirt;
@@ -202,6 +203,10 @@ pub trait Hypervisor: Send + Sync {
     /// running gives [`HypervisorError::InvalidState`].
     fn reboot(&self, name: &str, mode: RebootMode) -> Result<ShutdownOutcome, HypervisorError>;
 
+    /// Resumes a paused (or guest-suspended) domain; no-op when it runs. A shut-off domain
+    /// gives [`HypervisorError::InvalidState`].
+    fn resume(&self, name: &str) -> Result<(), HypervisorError>;
+
     /// Powers the domain off immediately (no-op when it is not running).
     fn destroy(&self, name: &str) -> Result<(), HypervisorError>;
 
@@ -343,6 +348,7 @@ pub fn state_string(power: PowerState, reason: i32) -> String {
 pub mod reason {
     pub const UNKNOWN: i32 = 0;
     pub const RUNNING_BOOTED: i32 = 1;
+    pub const RUNNING_UNPAUSED: i32 = 5;
     pub const SHUTOFF_SHUTDOWN: i32 = 1;
     pub const SHUTOFF_DESTROYED: i32 = 2;
 }

@@ -118,6 +118,15 @@ pub fn create_overlay(
     Ok(argv)
 }
 
+/// `qemu-img create -q -f qcow2 <disk> <size_bytes>`: a blank qcow2 disk without a backing file
+/// (ephemeral and swap disks). qemu-img rounds the size up to whole 512-byte sectors.
+pub fn create_blank(disk: &Path, size_bytes: u64) -> Result<Vec<OsString>, RelativePath> {
+    let mut argv = args(["create", "-q", "-f", "qcow2"]);
+    argv.push(abs(disk)?);
+    argv.push(size_bytes.to_string().into());
+    Ok(argv)
+}
+
 /// `qemu-img convert -q -f <format> -O <out format> <src> <dst>`: a standalone copy of `src`
 /// (its backing chain flattened) in `out_format`. Without `-U`, so it fails rather than copy a
 /// disk a running guest is writing.
@@ -181,6 +190,23 @@ mod tests {
             strings(argv.unwrap()),
             ["create", "-q", "-f", "qcow2", "-F", "vpc", "-b", "/b", "/d"]
         );
+    }
+
+    #[test]
+    fn blank_disks_have_no_backing_file_and_an_exact_size() {
+        let argv = create_blank(Path::new("/d/s/3/swap.qcow2"), 512 << 20).unwrap();
+        assert_eq!(
+            strings(argv),
+            [
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "/d/s/3/swap.qcow2",
+                "536870912"
+            ]
+        );
+        assert!(create_blank(Path::new("swap.qcow2"), 1).is_err());
     }
 
     #[test]

@@ -1,0 +1,176 @@
+//! Wires the agent together: drivers, the executor, the command dispatcher and the session,
+//! each a task. [`start`] runs them on the current tokio runtime; the binary uses the real
+//! drivers ([`Drivers::real`]), tests pass fakes.
+//!
+//! Stopping the agent ([`Running::stop`], or the process exiting) leaves every domain as it is:
+//! a new agent adopts what is legitimately its own (I6).
+use std::sync::Arc;
+
+use flotilla_proto::v1 as pb;
+use futures::FutureExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::commands::Dispatcher;
+use crate::config::ValidConfig;
+use crate::desired::Mapping;
+use crate::driver::disks::{Disks, DisksConfig, ImageSource, QemuImgDisks};
+use crate::driver::libvirt::LibvirtHypervisor;
+use crate::driver::Hypervisor;
+use crate::executor::{self, Fetcher, Host};
+use crate::session::{self, Link, Register};
+use crate::transfer::{Controllers, FetchSource};
+
+/// Why the real drivers could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot use libvirt")]
+    Hypervisor(#[from] crate::driver::HypervisorError),
+    #[error("cannot set up the disk directories")]
+    Disks(#[from] crate::driver::disks::DiskError),
+}
+
+/// The host's drivers and what they say about the hypervisor.
+pub struct Drivers {
+    pub hv: Arc<dyn Hypervisor>,
+    pub disks: Arc<dyn Disks>,
+    /// Reported at registration, e.g. `QEMU 7.2.0`.
+    pub hypervisor_version: String,
+}
+
+impl Drivers {
+    /// libvirt at the configured URI and qemu-img disks under the state directory.
+    pub fn real(config: &ValidConfig) -> Result<Drivers, DriverError> {
+        let hv = LibvirtHypervisor::connect(&config.libvirt_uri)?;
+        let version = hv.hypervisor_version().unwrap_or(0);
+        let mut disks = DisksConfig::under(&config.state_dir);
+        disks.qemu_img = config.qemu_img.clone();
+        let disks = QemuImgDisks::new(disks)?;
+        Ok(Drivers {
+            hv: Arc::new(hv),
+            disks: Arc::new(disks),
+            hypervisor_version: format!(
+                "{} {}.{}.{}",
+                if config.libvirt_uri.starts_with("test:") {
+                    "libvirt test driver"
+                } else {
+                    "QEMU"
+                },
+                version / 1_000_000,
+                version / 1000 % 1000,
+                version % 1000
+            ),
+        })
+    }
+}
+
+/// Image bytes from the controllers' `FetchImage`.
+struct GrpcFetcher {
+    controllers: Arc<Controllers>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Fetcher for GrpcFetcher {
+    fn source(&self, image_id: &str) -> Box<dyn ImageSource + Send> {
+        Box::new(FetchSource {
+            controllers: self.controllers.clone(),
+            runtime: self.runtime.clone(),
+            image_id: image_id.to_owned(),
+        })
+    }
+}
+
+/// A started agent. Dropping it stops its tasks (blocking driver calls in flight finish).
+pub struct Running {
+    pub link: Arc<Link>,
+    pub host: Arc<Host>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn stop(self) {}
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the agent on the current runtime.
+pub fn start(config: &ValidConfig, drivers: Drivers) -> Running {
+    let controllers = Arc::new(Controllers::new(
+        config.controllers.clone(),
+        config.tls.as_ref(),
+    ));
+    let mapping = Mapping {
+        domain_type: config.domain_type,
+        disk_cache: config.disk_cache,
+        layout: drivers.disks.layout().clone(),
+        state_dir: config.state_dir.clone(),
+        console_dir: config.console_dir(),
+        kernels: config.kernels.clone(),
+    };
+    let fetcher = Arc::new(GrpcFetcher {
+        controllers: controllers.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let host = Arc::new(Host::new(
+        drivers.hv,
+        drivers.disks,
+        fetcher,
+        mapping,
+        config.shutdown_timeout,
+    ));
+    let link = Arc::new(Link::default());
+    let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+    let dispatcher = Arc::new(Dispatcher::new(
+        host.clone(),
+        link.clone(),
+        controllers.clone(),
+        config.hostname.clone(),
+    ));
+    let register: Register = {
+        let (host, link) = (host.clone(), link.clone());
+        let template = pb::AgentRegister {
+            hostname: config.hostname.clone(),
+            address: config.address.clone(),
+            capacity: Some(pb::HostCapacity {
+                vcpus: config.capacity.vcpus,
+                ram_mib: config.capacity.ram_mib,
+                disk_gib: config.capacity.disk_gib,
+            }),
+            hypervisor_type: config.domain_type.as_str().to_owned(),
+            hypervisor_version: drivers.hypervisor_version,
+            cpu_model: config.cpu_model.clone(),
+            availability_zone: config.availability_zone.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
+        };
+        Arc::new(move || {
+            let (host, link, mut reg) = (host.clone(), link.clone(), template.clone());
+            async move {
+                reg.servers = host.refresh(&link).await;
+                reg
+            }
+            .boxed()
+        })
+    };
+    let tasks = vec![
+        tokio::spawn(executor::run(
+            host.clone(),
+            link.clone(),
+            config.reconcile_interval,
+        )),
+        tokio::spawn(dispatcher.run(inbound_rx)),
+        tokio::spawn(session::run(
+            link.clone(),
+            controllers,
+            register,
+            inbound_tx,
+        )),
+    ];
+    Running { link, host, tasks }
+}
