@@ -89,6 +89,20 @@ pub fn desired_state(state: &State, host_id: &str) -> pb::DesiredState {
     }
 }
 
+/// The common name of a peer certificate (DER).
+fn certificate_name(der: Option<&[u8]>) -> Result<String, Status> {
+    let der = der.ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| Status::unauthenticated("the client certificate has no common name"))?;
+    Ok(name.to_owned())
+}
+
 fn registration(r: &pb::AgentRegister) -> Result<HostRegistration, Status> {
     if r.hostname.trim().is_empty() {
         return Err(Status::invalid_argument("register: hostname is required"));
@@ -232,6 +246,11 @@ impl AgentService for AgentApi {
         if self.api.node.status().leader_id != self.api.node.id() {
             return Err(self.not_leader());
         }
+        // With mutual TLS an agent may only register the host its certificate names.
+        let cert_name = match req.peer_certs() {
+            Some(certs) => Some(certificate_name(certs.first().map(|c| c.as_ref()))?),
+            None => None,
+        };
         let mut stream = req.into_inner();
         let register = match stream.next().await {
             Some(Ok(pb::AgentMessage {
@@ -245,6 +264,13 @@ impl AgentService for AgentApi {
             }
         };
         let info = registration(&register)?;
+        if let Some(name) = cert_name.filter(|n| *n != info.hostname) {
+            return Err(Status::permission_denied(format!(
+                "this agent's certificate names {name:?}, not {:?}: each host needs its own \
+                 certificate (flotilla-controller gen-certs --node {})",
+                info.hostname, info.hostname
+            )));
+        }
         let host_id = {
             let state = self.api.node.state();
             state
@@ -406,5 +432,27 @@ impl AgentService for AgentApi {
             crate::state::Outcome::Image(i) => Ok(Response::new(super::convert::image(&i))),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_name_is_its_common_name() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["compute-7".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "compute-7");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            certificate_name(Some(cert.der().as_ref())).unwrap(),
+            "compute-7"
+        );
+        let err = certificate_name(Some(b"not a certificate")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(certificate_name(None).is_err());
     }
 }
