@@ -1,11 +1,14 @@
 //! `flotilla-bench`: acknowledged small writes on a 3-node Flotilla cluster, side by side with
-//! a 3-member etcd cluster driven by the same load generator. See docs/benchmarks.md.
+//! a 3-member etcd cluster driven by the same load generator; image transfer throughput and
+//! login / authorized-read latency of a Flotilla cluster alone. See docs/benchmarks.md.
 //!
 //! The benchmark starts the clusters itself on loopback (Flotilla from
 //! `target/release/flotilla-controller`, etcd from PATH), each member in a temporary data
 //! directory, and stops them by pid and removes the directories when it ends.
+mod auth;
 mod cluster;
 mod cpu;
+mod images;
 mod load;
 
 use std::path::PathBuf;
@@ -28,7 +31,7 @@ pub mod etcdpb {
 #[derive(Parser)]
 #[command(
     name = "flotilla-bench",
-    about = "Write benchmarks of Flotilla side by side with etcd"
+    about = "Benchmarks of a Flotilla cluster: writes side by side with etcd, images, logins"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +45,10 @@ enum Cmd {
     /// Steady write load; SIGKILL the leader mid-run; report the longest gap between
     /// acknowledged writes.
     LeaderKill(KillArgs),
+    /// Image upload and download throughput (Flotilla only), next to a file copy.
+    Images(images::ImagesArgs),
+    /// Login and token-authorized read latency and rate (Flotilla only).
+    Auth(auth::AuthArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,6 +144,76 @@ impl Common {
     }
 }
 
+/// Options of the Flotilla-only benchmarks (`images`, `auth`).
+#[derive(Args, Clone)]
+struct FlotillaArgs {
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// The Flotilla controller binary.
+    #[arg(long, default_value = "target/release/flotilla-controller")]
+    controller_bin: PathBuf,
+    /// Where the temporary data directories (and generated files) go; a real disk, not tmpfs.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    data_root: PathBuf,
+    /// Flotilla uses BASE+1..3 (clients) and BASE+101..103 (peers).
+    #[arg(long, default_value_t = 37000)]
+    flotilla_port_base: u16,
+    /// Before each measurement, wait up to this many seconds until the cluster and the other
+    /// processes on the machine together use less than --quiet-below cores (0: don't wait).
+    #[arg(long, default_value_t = 0)]
+    quiet_wait: u64,
+    #[arg(long, default_value_t = 0.2)]
+    quiet_below: f64,
+    /// Copy the members' logs to this directory before the data directories are removed.
+    #[arg(long)]
+    save_logs: Option<PathBuf>,
+}
+
+impl FlotillaArgs {
+    /// Starts the cluster and logs in as `admin`; returns it with its leader's index.
+    async fn start(&self) -> Result<(Cluster, usize)> {
+        let opts = StartOptions {
+            flotilla_bin: self.controller_bin.clone(),
+            etcd_bin: PathBuf::from("etcd"),
+            data_root: self.data_root.clone(),
+            flotilla_port_base: self.flotilla_port_base,
+            etcd_port_base: 0,
+            etcd_election_timeout_ms: None,
+            save_logs: self.save_logs.clone(),
+        };
+        let mut c = Cluster::start(Kind::Flotilla, &opts)?;
+        if !self.json {
+            eprintln!(
+                "started flotilla members (pids {:?}) in {}",
+                c.pids(),
+                c.dir().map(|d| d.display().to_string()).unwrap_or_default()
+            );
+        }
+        let leader = c.wait_for_leader(Duration::from_secs(30)).await?;
+        if !self.json {
+            eprintln!("flotilla: leader is {}", c.members[leader].name);
+        }
+        Ok((c, leader))
+    }
+
+    /// Waits (see --quiet-wait) until the machine, the cluster included, is nearly idle;
+    /// returns the cores in use at the end.
+    async fn settle(&self, cluster: &Cluster) -> f64 {
+        if self.quiet_wait == 0 {
+            return f64::NAN;
+        }
+        let busy = cpu::wait_idle(&cluster.pids(), self.quiet_below, self.quiet_wait).await;
+        if busy >= self.quiet_below && !self.json {
+            eprintln!(
+                "warning: still {busy:.2} cores busy after waiting {} s",
+                self.quiet_wait
+            );
+        }
+        busy
+    }
+}
+
 #[derive(Args)]
 struct WritesArgs {
     #[command(flatten)]
@@ -198,6 +275,8 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Writes(a) => writes(a).await,
         Cmd::LeaderKill(a) => leader_kill(a).await,
+        Cmd::Images(a) => images::run(a).await,
+        Cmd::Auth(a) => auth::run(a).await,
     }
 }
 
