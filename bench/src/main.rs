@@ -10,6 +10,7 @@ mod cluster;
 mod cpu;
 mod images;
 mod load;
+mod placement;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +50,9 @@ enum Cmd {
     Images(images::ImagesArgs),
     /// Login and token-authorized read latency and rate (Flotilla only).
     Auth(auth::AuthArgs),
+    /// Placements committed per second and request-to-placed latency with many simulated
+    /// agent hosts (Flotilla only).
+    Placement(placement::PlacementArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -277,6 +281,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::LeaderKill(a) => leader_kill(a).await,
         Cmd::Images(a) => images::run(a).await,
         Cmd::Auth(a) => auth::run(a).await,
+        Cmd::Placement(a) => placement::main(a).await,
     }
 }
 

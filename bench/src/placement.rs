@@ -175,11 +175,13 @@ async fn prepare(cluster: &Cluster, ch: Channel) -> Result<MetadataValue<Ascii>>
     let content: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8 + 1).collect();
     let msgs = vec![
         pb::UploadImageRequest {
-            data: Some(pb::upload_image_request::Data::Header(pb::UploadImageHeader {
-                image: image.id,
-                size_bytes: content.len() as u64,
-                ..Default::default()
-            })),
+            data: Some(pb::upload_image_request::Data::Header(
+                pb::UploadImageHeader {
+                    image: image.id,
+                    size_bytes: content.len() as u64,
+                    ..Default::default()
+                },
+            )),
         },
         pb::UploadImageRequest {
             data: Some(pb::upload_image_request::Data::Chunk(content)),
@@ -192,7 +194,11 @@ async fn prepare(cluster: &Cluster, ch: Channel) -> Result<MetadataValue<Ascii>>
     Ok(auth)
 }
 
-pub async fn run(cluster: &mut Cluster, peers: Vec<String>, spec: &PlacementSpec) -> Result<PlacementReport> {
+pub async fn run(
+    cluster: &mut Cluster,
+    peers: Vec<String>,
+    spec: &PlacementSpec,
+) -> Result<PlacementReport> {
     let leader = cluster
         .wait_for_leader(Duration::from_secs(30))
         .await
@@ -203,7 +209,11 @@ pub async fn run(cluster: &mut Cluster, peers: Vec<String>, spec: &PlacementSpec
     let started = Instant::now();
     let (reg_tx, mut reg_rx) = mpsc::channel(spec.hosts);
     for i in 0..spec.hosts {
-        tokio::spawn(agent(format!("bench-host-{i:04}"), peers.clone(), reg_tx.clone()));
+        tokio::spawn(agent(
+            format!("bench-host-{i:04}"),
+            peers.clone(),
+            reg_tx.clone(),
+        ));
     }
     for _ in 0..spec.hosts {
         tokio::time::timeout(Duration::from_secs(120), reg_rx.recv())
@@ -236,7 +246,9 @@ pub async fn run(cluster: &mut Cluster, peers: Vec<String>, spec: &PlacementSpec
                 };
                 let sent = Instant::now();
                 match client.create_server(authed(req, &auth)).await {
-                    Ok(_) => hist.record(sent.elapsed().as_micros() as u64).expect("record"),
+                    Ok(_) => hist
+                        .record(sent.elapsed().as_micros() as u64)
+                        .expect("record"),
                     Err(e) => {
                         failures.0 += 1;
                         if failures.1.is_empty() {
@@ -260,7 +272,7 @@ pub async fn run(cluster: &mut Cluster, peers: Vec<String>, spec: &PlacementSpec
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
-    if all.len() == 0 {
+    if all.is_empty() {
         bail!("no server was placed: {first_failure}");
     }
     Ok(PlacementReport {
@@ -276,4 +288,52 @@ pub async fn run(cluster: &mut Cluster, peers: Vec<String>, spec: &PlacementSpec
         failures,
         first_failure,
     })
+}
+
+#[derive(clap::Args)]
+pub struct PlacementArgs {
+    #[command(flatten)]
+    cluster: crate::FlotillaArgs,
+    /// Simulated agent hosts.
+    #[arg(long, default_value_t = 1000)]
+    hosts: usize,
+    /// Servers to create, one per request.
+    #[arg(long, default_value_t = 10_000)]
+    servers: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+}
+
+pub async fn main(a: PlacementArgs) -> Result<()> {
+    let o = a.cluster.clone();
+    let (mut c, _) = o.start().await?;
+    let peers: Vec<String> = (1..=3u16)
+        .map(|i| format!("127.0.0.1:{}", o.flotilla_port_base + 100 + i))
+        .collect();
+    let spec = PlacementSpec {
+        hosts: a.hosts,
+        servers: a.servers,
+        clients: a.clients,
+    };
+    let r = run(&mut c, peers, &spec).await?;
+    let report = serde_json::json!({
+        "hosts": r.hosts, "servers": r.servers, "clients": r.clients,
+        "seconds": r.seconds, "placements_per_second": r.per_second,
+        "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "max_ms": r.max_ms,
+        "registration_seconds": r.registration_seconds,
+        "failures": r.failures, "first_failure": r.first_failure,
+    });
+    if o.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{} hosts registered in {:.1} s; {} servers by {} clients in {:.1} s: {:.0} placements/s, \
+             request-to-placed p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} failures{}",
+            r.hosts, r.registration_seconds, r.servers, r.clients, r.seconds, r.per_second,
+            r.p50_ms, r.p99_ms, r.max_ms, r.failures,
+            if r.first_failure.is_empty() { String::new() } else { format!(" (first: {})", r.first_failure) }
+        );
+    }
+    Ok(())
 }
