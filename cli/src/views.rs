@@ -1,13 +1,14 @@
 //! Serializable views of the proto messages (the generated types carry no serde), with their
 //! table layouts. Field names follow the proto so JSON/YAML output mirrors the API.
-//! Images live in [`image`], servers in [`server`] (their console and diagnostics in
-//! [`diagnostics`]), hosts in [`host`], operations in [`operation`].
+//! Images live in [`image`], servers in [`server`] (their groups in [`server_group`], their
+//! console and diagnostics in [`diagnostics`]), hosts in [`host`], operations in [`operation`].
 
 pub mod diagnostics;
 pub mod host;
 pub mod image;
 pub mod operation;
 pub mod server;
+pub mod server_group;
 
 use std::collections::{BTreeMap, HashMap};
 

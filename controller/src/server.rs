@@ -13,7 +13,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTls
 use crate::api::auth::Authenticator;
 use crate::api::{
     self, AgentApi, Api, ClusterApi, EventApi, FlavorApi, HostApi, IdentityApi, ImageApi,
-    OperationApi, QuotaApi, ServerApi,
+    OperationApi, QuotaApi, ServerApi, ServerGroupApi,
 };
 use crate::config::{TlsConfig, ValidConfig};
 use crate::images::peers::{BlobServer, GrpcBlobPeers};
@@ -196,6 +196,7 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     use pb::image_service_server::ImageServiceServer;
     use pb::operation_service_server::OperationServiceServer;
     use pb::quota_service_server::QuotaServiceServer;
+    use pb::server_group_service_server::ServerGroupServiceServer;
     use pb::server_service_server::ServerServiceServer;
 
     let mut client_server = Server::builder()
@@ -228,7 +229,11 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
                 hub: hub.clone(),
             }
         ))
-        .add_service(authed!(OperationServiceServer, OperationApi(api.clone())));
+        .add_service(authed!(OperationServiceServer, OperationApi(api.clone())))
+        .add_service(authed!(
+            ServerGroupServiceServer,
+            ServerGroupApi(api.clone())
+        ));
     let client_router = crate::api::unimplemented::add_all(client_router, intercept.clone());
 
     let status_node = node.clone();

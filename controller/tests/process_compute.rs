@@ -1,7 +1,7 @@
 //! Process tests of compute on a real 3-controller cluster with scripted agents speaking the
 //! real agent protocol: registration and leases, servers placed, booted, stopped, started,
 //! rebooted and deleted through the API; a failed boot rescheduled; the leader killed mid-boot;
-//! a silent host declared down.
+//! a silent host declared down; an anti-affinity server group keeping its members apart.
 mod support;
 
 use std::time::Duration;
@@ -11,6 +11,7 @@ use flotilla_proto::v1::flavor_service_client::FlavorServiceClient;
 use flotilla_proto::v1::host_service_client::HostServiceClient;
 use flotilla_proto::v1::identity_service_client::IdentityServiceClient;
 use flotilla_proto::v1::image_service_client::ImageServiceClient;
+use flotilla_proto::v1::server_group_service_client::ServerGroupServiceClient;
 use flotilla_proto::v1::server_service_client::ServerServiceClient;
 use support::agent::FakeAgent;
 use support::{request_id, wait_for, with_token, Client, Cluster, Options};
@@ -397,4 +398,89 @@ async fn a_failed_boot_is_rescheduled_and_a_leader_killed_mid_boot_does_not_stop
             .ok_or(format!("{:?}", h.state()))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_anti_affinity_group_spreads_its_members_and_refuses_a_third_on_two_hosts() {
+    let _serial = support::serial().await;
+    let w = World::start().await;
+    let _a = w.agent("node-a");
+    let _b = w.agent("node-b");
+    w.wait_hosts_up(2).await;
+
+    let create_group = pb::CreateServerGroupRequest {
+        request_id: request_id(),
+        name: "apart".into(),
+        policy: pb::ServerGroupPolicy::AntiAffinity as i32,
+        rules: None,
+    };
+    let group = w
+        .call(|ch, t| {
+            let req = with_token(create_group.clone(), &t);
+            async move {
+                ServerGroupServiceClient::new(ch)
+                    .create_server_group(req)
+                    .await
+            }
+        })
+        .await
+        .expect("create group");
+    assert_eq!(group.policy(), pb::ServerGroupPolicy::AntiAffinity);
+
+    let in_group = |name: &str, count: u32| pb::CreateServerRequest {
+        request_id: request_id(),
+        name: name.into(),
+        flavor: "tiny".into(),
+        image: "disk".into(),
+        max_count: count,
+        server_group: "apart".into(),
+        ..Default::default()
+    };
+    let first = in_group("web", 2);
+    let created = w
+        .call(|ch, t| {
+            let req = with_token(first.clone(), &t);
+            async move { ServerServiceClient::new(ch).create_server(req).await }
+        })
+        .await
+        .expect("two servers in the group");
+    let hosts: std::collections::BTreeSet<_> =
+        created.servers.iter().map(|s| s.host.clone()).collect();
+    assert_eq!(hosts.len(), 2, "one member per host: {hosts:?}");
+    assert!(created
+        .servers
+        .iter()
+        .all(|s| s.server_group_id == group.id));
+
+    let get = pb::GetServerGroupRequest {
+        server_group: "apart".into(),
+        stale: false,
+    };
+    let now = w
+        .call(|ch, t| {
+            let req = with_token(get.clone(), &t);
+            async move {
+                ServerGroupServiceClient::new(ch)
+                    .get_server_group(req)
+                    .await
+            }
+        })
+        .await
+        .expect("get group");
+    assert_eq!(now.member_ids.len(), 2);
+
+    let third = in_group("web-3", 1);
+    let refused = w
+        .call(|ch, t| {
+            let req = with_token(third.clone(), &t);
+            async move { ServerServiceClient::new(ch).create_server(req).await }
+        })
+        .await
+        .expect_err("no host left for the group");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("anti-affinity"),
+        "{}",
+        refused.message()
+    );
 }

@@ -3,6 +3,7 @@
 //! deleting a server start a durable operation: the command returns once the controller has
 //! recorded it, or with `--wait` follows it to the end ([`wait`]).
 
+mod group;
 mod wait;
 
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ pub enum ServerCmd {
     /// A server's serial console.
     #[command(subcommand)]
     Console(ServerConsoleCmd),
+    /// Server groups: keep servers together or apart.
+    #[command(subcommand)]
+    Group(group::GroupCmd),
     /// CPU, memory, disk and NIC statistics, read live from the server's host (admins).
     Diagnostics {
         /// Server id or name.
@@ -442,6 +446,7 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliEr
         }
         ServerCmd::Action(ActionCmd::List { server }) => actions(ctx, io, server).await,
         ServerCmd::Console(ServerConsoleCmd::Log(a)) => console::show_log(a, ctx, io).await,
+        ServerCmd::Group(cmd) => group::run(cmd, ctx, io).await,
         ServerCmd::Diagnostics { server } => {
             let request = v1::GetDiagnosticsRequest { server };
             let diagnostics = ctx

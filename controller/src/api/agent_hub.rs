@@ -214,6 +214,7 @@ pub fn duties(state: &State, ratios: &AllocationRatios) -> Duties {
                 };
                 let mut request = crate::state::placement_request(&s.flavor, image);
                 request.exclude_hosts = s.failed_hosts.iter().cloned().collect();
+                request.group = state.server_group_view_for(s);
                 request.availability_zone =
                     (!s.availability_zone.is_empty()).then(|| s.availability_zone.clone());
                 let target = scheduler::place(&hosts, ratios, &request)

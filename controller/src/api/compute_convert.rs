@@ -55,7 +55,6 @@ pub fn server(state: &State, s: &Server) -> pb::Server {
         host: host.map(|h| h.info.hostname.clone()).unwrap_or_default(),
         host_status: host.map(host_state).unwrap_or_default() as i32,
         availability_zone: s.availability_zone.clone(),
-        server_group_id: String::new(),
         locked: s.locked,
         locked_reason: s.locked_reason.clone(),
         addresses: vec![],
@@ -70,6 +69,7 @@ pub fn server(state: &State, s: &Server) -> pb::Server {
         key_name: String::new(),
         user_data: s.user_data.clone(),
         meta: Some(meta(&s.meta)),
+        server_group_id: s.group_id.clone(),
         launched_at_ms: s.launched_at_ms,
         current_operation_id: if s.task_state.is_empty() {
             String::new()

@@ -21,6 +21,7 @@ pub mod password;
 mod quota;
 #[cfg(test)]
 mod rbac_tests;
+mod server_groups;
 mod servers;
 pub mod token;
 mod tokens;
@@ -41,6 +42,7 @@ pub use identity::IdentityApi;
 pub use image::ImageApi;
 pub use operations::OperationApi;
 pub use quota::QuotaApi;
+pub use server_groups::ServerGroupApi;
 pub use servers::ServerApi;
 pub use tokens::bootstrap_admin_when_leader;
 

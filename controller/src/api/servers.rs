@@ -163,11 +163,6 @@ impl ServerService for ServerApi {
                 "permission denied: choosing the host needs the cluster admin role",
             ));
         }
-        if !r.server_group.is_empty() {
-            return Err(Status::unimplemented(
-                "server groups are not implemented in this release of Flotilla yet",
-            ));
-        }
         let new = {
             let state = self.api.read(false).await?;
             let project_id = p
@@ -217,6 +212,13 @@ impl ServerService for ServerApi {
                     .ok_or_else(|| Status::not_found(format!("host {:?} not found", r.host)))?;
                 request.forced_host = Some(host.id.clone());
             }
+            let group_id = if r.server_group.is_empty() {
+                String::new()
+            } else {
+                let g = super::server_groups::in_project(&state, &project_id, &r.server_group)?;
+                request.group = Some(state.server_group_view(g));
+                g.id.clone()
+            };
             let hosts: Vec<_> = state.hosts().map(crate::state::host_view).collect();
             let placed = scheduler::place(&hosts, &self.ratios, &request).map_err(|e| match e {
                 scheduler::ScheduleError::InvalidRequest(bad) => {
@@ -245,6 +247,7 @@ impl ServerService for ServerApi {
                     metadata: metadata.clone(),
                     user_data: r.user_data.clone(),
                     operation_id: new_id(),
+                    group_id: group_id.clone(),
                 })
                 .collect::<Vec<_>>()
         };

@@ -9,7 +9,6 @@ use tonic::transport::server::Router;
 #[derive(Clone, Copy, Default)]
 pub struct NotYetImplemented;
 
-impl pb::server_group_service_server::ServerGroupService for NotYetImplemented {}
 impl pb::network_service_server::NetworkService for NotYetImplemented {}
 
 pub fn add_all<I, L>(router: Router<L>, intercept: I) -> Router<L>
@@ -17,15 +16,10 @@ where
     I: Interceptor + Clone + Send + Sync + 'static,
 {
     let s = NotYetImplemented;
-    router
-        .add_service(InterceptedService::new(
-            pb::server_group_service_server::ServerGroupServiceServer::new(s),
-            intercept.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            pb::network_service_server::NetworkServiceServer::new(s),
-            intercept.clone(),
-        ))
+    router.add_service(InterceptedService::new(
+        pb::network_service_server::NetworkServiceServer::new(s),
+        intercept.clone(),
+    ))
 }
 
 /// Rewrites the generated stubs' bare "Not yet implemented" into a message naming the method, so

@@ -13,6 +13,7 @@ use super::hosts::HostRegistration;
 use super::images::{ImageChanges, ImageSpec, UploadResult};
 use super::model::{Member, Role};
 use super::quota::{Amounts, Resource};
+use super::server_groups::ServerGroupSpec;
 use super::servers::{NewServer, ObservedServer, ServerRequest};
 use crate::scheduler::AllocationRatios;
 
@@ -225,6 +226,12 @@ pub enum Command {
         ok: bool,
         message: String,
     },
+    /// A server group in a project (charged to its `server_groups` quota).
+    CreateServerGroup(ServerGroupSpec),
+    /// Forgets a group; its members keep running where they are (as Nova does).
+    DeleteServerGroup {
+        group_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -281,6 +288,8 @@ impl Command {
             Command::ServerRequest { .. } => "server_request",
             Command::RescheduleServer { .. } => "reschedule_server",
             Command::OperationStepResult { .. } => "operation_step_result",
+            Command::CreateServerGroup(_) => "create_server_group",
+            Command::DeleteServerGroup { .. } => "delete_server_group",
         }
     }
 }

@@ -15,6 +15,7 @@ mod operations;
 mod outcome;
 mod projects;
 mod quota;
+mod server_groups;
 mod server_steps;
 mod servers;
 pub mod validate;
@@ -41,6 +42,7 @@ pub use quota::{
     admit, validate_limits, Amounts, ProjectQuota, QuotaExceeded, QuotaItem, Resource,
     ResourceDelta, UNLIMITED,
 };
+pub use server_groups::{ServerGroup, ServerGroupSpec};
 pub use server_steps::AGENT_UPLOAD;
 pub use servers::{
     BootImage, DesiredPower, Fault, FlavorSnapshot, NewServer, ObservedServer, PowerState, Server,
@@ -48,8 +50,8 @@ pub use servers::{
 };
 
 /// Format of encoded snapshots of [`State`]. 2: identity and quotas were added. 3: images.
-/// 4: hosts, servers, operations.
-pub const STATE_FORMAT_VERSION: u8 = 4;
+/// 4: hosts, servers, operations. 5: server groups (and each server's group id).
+pub const STATE_FORMAT_VERSION: u8 = 5;
 
 /// Events kept for watchers that resume from an old revision.
 pub const EVENT_RETENTION: usize = 20_000;
@@ -111,6 +113,7 @@ pub struct State {
     finished_operations: operations::FinishedOrder,
     /// Backup operation id → (backup type, how many of that type to keep).
     backup_rotations: BTreeMap<String, (String, u32)>,
+    server_groups: BTreeMap<String, ServerGroup>,
     // Derived lookups, rebuilt after decoding and never encoded.
     #[serde(skip)]
     project_names: BTreeMap<String, String>,
@@ -196,6 +199,9 @@ impl State {
             | Command::ServerRequest { .. }
             | Command::RescheduleServer { .. }
             | Command::OperationStepResult { .. } => self.apply_server(revision, env),
+            Command::CreateServerGroup(_) | Command::DeleteServerGroup { .. } => {
+                self.apply_server_group(revision, env)
+            }
         };
         let outcome = match result {
             Ok((outcome, Some(change))) => {

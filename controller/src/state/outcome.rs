@@ -5,6 +5,7 @@ use super::hosts::Host;
 use super::images::Image;
 use super::model::{Flavor, Member, Project, RoleAssignment, User};
 use super::quota::{Amounts, ProjectQuota};
+use super::server_groups::ServerGroup;
 use super::servers::Server;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +29,7 @@ pub enum Outcome {
     Observed {
         changed: usize,
     },
+    ServerGroup(ServerGroup),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

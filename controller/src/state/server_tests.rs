@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::scheduler::AllocationRatios;
+use crate::scheduler::{AllocationRatios, GroupPolicy};
 
 struct Log {
     state: State,
@@ -118,6 +118,7 @@ fn new_server(id: &str, host: &str) -> NewServer {
         metadata: BTreeMap::new(),
         user_data: vec![],
         operation_id: format!("op-{id}"),
+        group_id: String::new(),
     }
 }
 
@@ -524,4 +525,135 @@ fn a_rebuild_switches_the_image_and_ends_with_the_agents_step() {
         (s.status, s.task_state.as_str()),
         (ServerStatus::Active, "")
     );
+}
+
+fn create_group(id: &str, name: &str, policy: GroupPolicy) -> Command {
+    Command::CreateServerGroup(ServerGroupSpec {
+        id: id.into(),
+        name: name.into(),
+        project_id: "p1".into(),
+        user_id: "u1".into(),
+        policy,
+    })
+}
+
+fn in_group(id: &str, host: &str, group: &str) -> NewServer {
+    NewServer {
+        group_id: group.into(),
+        ..new_server(id, host)
+    }
+}
+
+fn group(log: &Log, id: &str) -> ServerGroup {
+    log.state
+        .server_group_by_id(id)
+        .expect("group exists")
+        .clone()
+}
+
+#[test]
+fn server_groups_charge_and_release_quota_and_names_are_unique_in_a_project() {
+    let mut log = setup();
+    log.ok(create_group("g1", "web", GroupPolicy::AntiAffinity));
+    assert_eq!(log.usage(Resource::ServerGroups), 1);
+    let out = log.apply(create_group("g2", "web", GroupPolicy::Affinity));
+    assert!(
+        matches!(out, Outcome::Rejected(Rejection::AlreadyExists { .. })),
+        "{out:?}"
+    );
+    log.ok(Command::SetQuota {
+        project: "p1".into(),
+        reset_to_default: vec![],
+        changes: [(Resource::ServerGroups, 1)].into_iter().collect(),
+    });
+    let out = log.apply(create_group("g2", "db", GroupPolicy::Affinity));
+    assert!(
+        matches!(out, Outcome::Rejected(Rejection::QuotaExceeded(_))),
+        "{out:?}"
+    );
+    log.ok(Command::DeleteServerGroup {
+        group_id: "g1".into(),
+    });
+    assert_eq!(log.usage(Resource::ServerGroups), 0);
+    assert!(log.state.server_group_by_id("g1").is_none());
+    log.ok(create_group("g2", "db", GroupPolicy::Affinity));
+}
+
+#[test]
+fn hard_anti_affinity_is_rechecked_in_apply_within_one_create_and_across_creates() {
+    let mut log = setup();
+    log.ok(create_group("g1", "web", GroupPolicy::AntiAffinity));
+    // Two servers of one create proposed onto the same host: refused as a whole.
+    let out = log.apply(create(vec![
+        in_group("s1", "h1", "g1"),
+        in_group("s2", "h1", "g1"),
+    ]));
+    assert!(
+        matches!(out, Outcome::Rejected(Rejection::FailedPrecondition(ref m)) if m.contains("anti-affinity")),
+        "{out:?}"
+    );
+    assert!(log.state.server("s1").is_none());
+    assert!(group(&log, "g1").members.is_empty());
+    log.ok(create(vec![
+        in_group("s1", "h1", "g1"),
+        in_group("s2", "h2", "g1"),
+    ]));
+    assert_eq!(group(&log, "g1").members, vec!["s1", "s2"]);
+    assert_eq!(log.server("s1").group_id, "g1");
+    // A later create placed (on a stale snapshot) next to a member is refused too.
+    let out = log.apply(create(vec![in_group("s3", "h1", "g1")]));
+    assert!(
+        matches!(out, Outcome::Rejected(Rejection::FailedPrecondition(ref m)) if m.contains("anti-affinity")),
+        "{out:?}"
+    );
+    // Servers outside the group are not constrained.
+    log.ok(create(vec![new_server("s4", "h1")]));
+}
+
+#[test]
+fn hard_affinity_keeps_one_create_on_one_host_and_groups_are_project_scoped() {
+    let mut log = setup();
+    log.ok(create_group("g1", "db", GroupPolicy::Affinity));
+    let out = log.apply(create(vec![
+        in_group("s1", "h1", "g1"),
+        in_group("s2", "h2", "g1"),
+    ]));
+    assert!(matches!(out, Outcome::Rejected(_)), "{out:?}");
+    log.ok(create(vec![
+        in_group("s1", "h1", "g1"),
+        in_group("s2", "h1", "g1"),
+    ]));
+    let out = log.apply(create(vec![in_group("s3", "h1", "missing")]));
+    assert!(
+        matches!(out, Outcome::Rejected(Rejection::NotFound { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn deleted_servers_leave_their_group_and_a_group_with_members_can_be_deleted() {
+    let mut log = setup();
+    log.ok(create_group("g1", "web", GroupPolicy::AntiAffinity));
+    log.ok(create(vec![
+        in_group("s1", "h1", "g1"),
+        in_group("s2", "h2", "g1"),
+    ]));
+    log.report("h1", &[("s1", PowerState::Running, 1, "")]);
+    log.request("s1", "del", ServerRequest::Delete);
+    log.report("h1", &[]);
+    assert!(log.state.server("s1").is_none());
+    assert_eq!(group(&log, "g1").members, vec!["s2"]);
+    // h1 is free for the group again.
+    log.ok(create(vec![in_group("s3", "h1", "g1")]));
+    assert_eq!(group(&log, "g1").members, vec!["s2", "s3"]);
+    // Deleting the group forgets the grouping; the members keep running.
+    log.ok(Command::DeleteServerGroup {
+        group_id: "g1".into(),
+    });
+    assert_eq!(log.server("s2").status, ServerStatus::Build);
+    log.request("s2", "del2", ServerRequest::Delete);
+    log.report("h2", &[]);
+    assert!(log.state.server("s2").is_none());
+    let replica = State::decode(&log.state.encode()).expect("decodes");
+    assert_eq!(replica.checksum(), log.state.checksum());
 }

@@ -147,6 +147,8 @@ pub struct Server {
     pub boot_failure: String,
     /// Its operations (the action list), oldest first, at most [`MAX_ACTIONS_PER_SERVER`].
     pub operation_ids: Vec<String>,
+    /// The server group it belongs to; empty when none.
+    pub group_id: String,
     pub meta: Meta,
 }
 
@@ -164,6 +166,8 @@ pub struct NewServer {
     pub metadata: BTreeMap<String, String>,
     pub user_data: Vec<u8>,
     pub operation_id: String,
+    /// The server group it joins; empty when none. Every server of one create joins the same.
+    pub group_id: String,
 }
 
 /// What an agent found for one server.
@@ -277,12 +281,30 @@ impl State {
         // Re-check every placement against current usage, the servers of this create
         // included (I3): the scheduler ran on a snapshot that may be stale by now.
         let mut planned: BTreeMap<String, Capacity> = BTreeMap::new();
+        // The group's member hosts as they are now; each server of this create joins it
+        // before the next one is checked (I3 for groups).
+        let mut group = match first.group_id.as_str() {
+            "" => None,
+            id => {
+                let g = self
+                    .server_groups
+                    .get(id)
+                    .filter(|g| g.project_id == first.project_id)
+                    .ok_or_else(|| Rejection::not_found("server group", id))?;
+                Some(self.server_group_view(g))
+            }
+        };
         let mut total = ResourceDelta::new();
         for s in new {
             validate::name("server", &s.name).map_err(Rejection::Invalid)?;
             validate::properties("server", &s.metadata).map_err(Rejection::Invalid)?;
             if s.project_id != first.project_id {
                 return Err(Rejection::Invalid("one create is for one project".into()));
+            }
+            if s.group_id != first.group_id {
+                return Err(Rejection::Invalid(
+                    "one create joins one server group".into(),
+                ));
             }
             if self.servers.contains_key(&s.id) || self.operations.contains_key(&s.operation_id) {
                 return Err(Rejection::Invalid(format!("server id {} is taken", s.id)));
@@ -299,13 +321,17 @@ impl State {
                     image.status.as_str()
                 )));
             }
-            let request = capacity::request_for(&s.flavor, image);
+            let mut request = capacity::request_for(&s.flavor, image);
+            request.group = group.clone();
             let host = self.schedulable_host(&s.host_id)?;
             let mut view = capacity::host_view(host);
             let before = planned.get(&s.host_id).copied().unwrap_or_default();
             view.used = view.used.saturating_add(before);
             check_fits(&view, ratios, &request)?;
             planned.insert(s.host_id.clone(), before.saturating_add(request.claim()));
+            if let Some(g) = group.as_mut() {
+                g.member_hosts.push(s.host_id.clone());
+            }
             for (r, v) in s.flavor.quota() {
                 *total.entry(r).or_insert(0) += v;
             }
@@ -346,6 +372,7 @@ impl State {
                 failed_hosts: Vec::new(),
                 boot_failure: String::new(),
                 operation_ids: vec![s.operation_id.clone()],
+                group_id: s.group_id.clone(),
                 meta: Meta::new(revision, env.time_ms),
             };
             self.start_operation(
@@ -363,6 +390,7 @@ impl State {
             );
             self.account_host(&s.host_id, claim, false);
             self.index_server(&server.host_id, &server.id, true);
+            self.index_group_member(&server.group_id, &server.id, true);
             self.servers.insert(server.id.clone(), server.clone());
             created.push(server);
         }
@@ -538,7 +566,9 @@ impl State {
             .images
             .get(&s.image.id)
             .ok_or_else(|| Rejection::not_found("image", &s.image.id))?;
-        check_fits(&view, ratios, &capacity::request_for(&s.flavor, image))?;
+        let mut request = capacity::request_for(&s.flavor, image);
+        request.group = self.server_group_view_for(&s);
+        check_fits(&view, ratios, &request)?;
         let old = std::mem::replace(&mut s.host_id, host_id.to_owned());
         self.account_host(&old, s.claim, true);
         self.account_host(host_id, s.claim, false);
@@ -693,6 +723,7 @@ impl State {
         self.release(&s.project_id, &s.flavor.quota());
         self.servers.remove(&s.id);
         self.index_server(&s.host_id, &s.id, false);
+        self.index_group_member(&s.group_id, &s.id, false);
         (Outcome::Deleted, Some(change(&s, EventAction::Deleted)))
     }
 

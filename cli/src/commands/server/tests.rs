@@ -291,3 +291,54 @@ fn oversized_user_data_is_refused_before_sending() {
     let err = read_user_data(&dir.path().join("missing")).unwrap_err();
     assert!(matches!(err, CliError::ReadFile { .. }), "{err}");
 }
+
+#[test]
+fn server_group_commands_take_nova_policy_names() {
+    let ServerCmd::Group(group::GroupCmd::Create(a)) =
+        parse(&["group", "create", "web", "--policy", "anti-affinity"]).unwrap()
+    else {
+        panic!("group create")
+    };
+    assert_eq!(a.name, "web");
+    assert_eq!(a.policy, group::Policy::AntiAffinity);
+    assert_eq!(
+        v1::ServerGroupPolicy::from(group::Policy::SoftAntiAffinity),
+        v1::ServerGroupPolicy::SoftAntiAffinity
+    );
+    usage_error(&["group", "create", "web"]);
+    usage_error(&["group", "create", "web", "--policy", "spread"]);
+    let ServerCmd::Group(group::GroupCmd::Delete { groups }) =
+        parse(&["group", "delete", "a", "b"]).unwrap()
+    else {
+        panic!("group delete")
+    };
+    assert_eq!(groups, vec!["a", "b"]);
+    usage_error(&["group", "delete"]);
+    assert!(matches!(
+        parse(&["group", "list", "--all-projects"]).unwrap(),
+        ServerCmd::Group(group::GroupCmd::List(group::GroupListArgs {
+            all_projects: true
+        }))
+    ));
+    assert!(matches!(
+        parse(&["group", "show", "web"]).unwrap(),
+        ServerCmd::Group(group::GroupCmd::Show { .. })
+    ));
+}
+
+#[test]
+fn a_server_group_view_names_its_policy_and_counts_members() {
+    use crate::output::Tabular;
+    use crate::views::server_group::ServerGroupView;
+    let view = ServerGroupView::from(v1::ServerGroup {
+        id: "g1".into(),
+        name: "web".into(),
+        policy: v1::ServerGroupPolicy::AntiAffinity as i32,
+        member_ids: vec!["s1".into(), "s2".into()],
+        ..Default::default()
+    });
+    assert_eq!(view.row(), vec!["g1", "web", "anti-affinity", "2"]);
+    assert!(view
+        .fields()
+        .contains(&("member_ids", "s1, s2".to_string())));
+}
