@@ -16,6 +16,7 @@ mod outcome;
 mod projects;
 mod quota;
 mod server_groups;
+mod server_queries;
 mod server_steps;
 mod servers;
 pub mod validate;
