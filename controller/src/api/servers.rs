@@ -60,14 +60,14 @@ fn operation_ref(id: String) -> Response<pb::OperationRef> {
 
 impl ServerApi {
     /// Resolves a server the caller may act on with `request`, then proposes it.
-    async fn act(
+    async fn request(
         &self,
         p: Principal,
         request_id: String,
         key: &str,
         operation_id: String,
         request: ServerRequest,
-    ) -> Result<(Server, String), Status> {
+    ) -> Result<(Option<Server>, String), Status> {
         let server_id = {
             let state = self.api.read(false).await?;
             let s = resolve(&state, &p, key)?;
@@ -89,18 +89,41 @@ impl ServerApi {
             s.id.clone()
         };
         let cmd = Command::ServerRequest {
-            server_id: server_id.clone(),
-            operation_id,
+            server_id,
+            operation_id: operation_id.clone(),
             request,
         };
-        let outcome = self.api.propose(request_id, p.name, cmd).await?;
-        let server = match outcome {
-            Outcome::Server(s) => *s,
-            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        };
-        // A retried request gets the operation of its first attempt (the server's current one).
-        let operation_id = server.current_operation_id.clone();
-        Ok((server, operation_id))
+        match self.api.propose(request_id, p.name, cmd).await? {
+            // A retried request (or a delete already under way) gets the operation of its
+            // first attempt: the server's current one.
+            Outcome::Server(s) => {
+                let operation_id = s.current_operation_id.clone();
+                Ok((Some(*s), operation_id))
+            }
+            // A delete that completed at once (nothing held the server) recorded this one.
+            Outcome::Deleted => Ok((None, operation_id)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// [`Self::request`] for actions that leave the server in place.
+    async fn act(
+        &self,
+        p: Principal,
+        request_id: String,
+        key: &str,
+        operation_id: String,
+        request: ServerRequest,
+    ) -> Result<(Server, String), Status> {
+        match self
+            .request(p, request_id, key, operation_id, request)
+            .await?
+        {
+            (Some(s), op) => Ok((s, op)),
+            (None, _) => Err(Status::internal(
+                "the server disappeared during the request",
+            )),
+        }
     }
 
     /// Where the server runs, for agent queries; the query must run on the leader.
@@ -349,7 +372,9 @@ impl ServerService for ServerApi {
     ) -> Result<Response<pb::OperationRef>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let (_, op) = self.act_deleting(p, r.request_id, &r.server).await?;
+        let (_, op) = self
+            .request(p, r.request_id, &r.server, new_id(), ServerRequest::Delete)
+            .await?;
         Ok(operation_ref(op))
     }
 
@@ -565,42 +590,5 @@ impl ServerApi {
             operation_id: op.clone(),
             image_id: op,
         }))
-    }
-
-    /// Delete: the server may be gone by the time the command is applied (host down).
-    async fn act_deleting(
-        &self,
-        p: Principal,
-        request_id: String,
-        key: &str,
-    ) -> Result<((), String), Status> {
-        let server_id = {
-            let state = self.api.read(false).await?;
-            let s = resolve(&state, &p, key)?;
-            let project = state
-                .project(&s.project_id)
-                .ok_or_else(|| Status::internal("server without project"))?;
-            allow(&p, Action::WriteProject, Some(project))?;
-            if s.locked && !p.admin {
-                return Err(Status::failed_precondition(format!(
-                    "server {:?} is locked; unlock it first",
-                    s.name
-                )));
-            }
-            s.id.clone()
-        };
-        let operation_id = new_id();
-        let cmd = Command::ServerRequest {
-            server_id,
-            operation_id: operation_id.clone(),
-            request: ServerRequest::Delete,
-        };
-        // A delete already under way (or a retried request) answers with the server as it is:
-        // its current operation is the delete to follow. A delete that completed at once
-        // (nothing held the server) recorded the new operation.
-        match self.api.propose(request_id, p.name, cmd).await? {
-            Outcome::Server(s) => Ok(((), s.current_operation_id)),
-            _ => Ok(((), operation_id)),
-        }
     }
 }
