@@ -111,6 +111,27 @@ else
     fi
     log "apt-get update"
     apt-get update
+    # The update can change what apt offers (a rebuilt 7.2 package, say): pin to the version
+    # offered now, or apt refuses a version that no longer exists.
+    fresh=$(apt-cache policy qemu-system-common | awk '/Candidate:/{print $2}')
+    if [[ -n $fresh && $fresh != "(none)" && $fresh != "$qemu_version" ]]; then
+        log "apt now offers qemu-system-common $fresh (not $qemu_version); pinning to $fresh"
+        qemu_version=$fresh
+        kept=()
+        for m in "${missing[@]}"; do
+            [[ $m == *=* ]] || kept+=("$m")
+        done
+        missing=("${kept[@]}")
+        for p in "${pinned[@]}"; do
+            if ! is_installed "$p" || [[ $(installed_version "$p") != "$qemu_version" ]]; then
+                missing+=("$p=$qemu_version")
+            fi
+        done
+    fi
+    if ((${#missing[@]} == 0)); then
+        log "after the update every package is present"
+        exit 0
+    fi
     log "apt-get install ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --allow-downgrades \
         "${missing[@]}"

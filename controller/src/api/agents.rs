@@ -79,6 +79,7 @@ pub fn desired_state(state: &State, host_id: &str) -> pb::DesiredState {
                 console_log_path: String::new(),
                 user_data: s.user_data.clone(),
                 metadata: s.metadata.clone().into_iter().collect(),
+                incoming_migration: false,
             }
         })
         .collect();
