@@ -1,5 +1,5 @@
-//! Operation commands (reboot, rebuild, snapshot) and read-only queries (console log,
-//! diagnostics) from the controller.
+//! Operation commands (reboot, rebuild, snapshot, and the migration commands in
+//! [`migration`]) and read-only queries (console log, diagnostics) from the controller.
 //!
 //! Commands are idempotent per `(operation_id, step)`: the controller resends a command after a
 //! reconnect or a leader change, and the agent answers one it finished with the same outcome,
@@ -26,6 +26,10 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+#[path = "commands_migration.rs"]
+pub mod migration;
+
+use crate::config::Migration;
 use crate::desired;
 use crate::driver::disks::DiskRef;
 use crate::driver::{RebootMode, ShutdownOutcome};
@@ -55,7 +59,10 @@ pub struct Dispatcher {
     pub link: Arc<Link>,
     pub controllers: Arc<Controllers>,
     pub hostname: String,
+    /// `[migration]` of the agent's configuration.
+    pub migration: Migration,
     commands: Mutex<Remembered>,
+    migrations: migration::Running,
 }
 
 impl Dispatcher {
@@ -64,13 +71,16 @@ impl Dispatcher {
         link: Arc<Link>,
         controllers: Arc<Controllers>,
         hostname: String,
+        migration: Migration,
     ) -> Dispatcher {
         Dispatcher {
             host,
             link,
             controllers,
             hostname,
+            migration,
             commands: Mutex::new((HashMap::new(), VecDeque::new())),
+            migrations: migration::Running::default(),
         }
     }
 
@@ -115,7 +125,8 @@ impl Dispatcher {
             let (ok, message) = match result {
                 Ok(note) => (true, note),
                 Err(e) => {
-                    tracing::error!(operation = %c.operation_id, step = %c.step, "{e}");
+                    let command = c.payload.as_ref().map_or("empty", payload_name);
+                    tracing::error!(operation = %c.operation_id, step = %c.step, command, "{e}");
                     (false, e)
                 }
             };
@@ -165,10 +176,11 @@ impl Dispatcher {
             Some(Payload::Reboot(r)) => self.reboot(r).await,
             Some(Payload::Rebuild(r)) => self.rebuild(r).await,
             Some(Payload::Snapshot(s)) => self.snapshot(&c.operation_id, s).await,
-            Some(other) => Err(format!(
-                "this agent does not carry out {} commands yet",
-                payload_name(other)
-            )),
+            Some(Payload::PrepareMigration(p)) => self.prepare_migration(p).await,
+            Some(Payload::LiveMigrate(m)) => self.live_migrate(c, m).await,
+            Some(Payload::Migrate(m)) => self.cold_migrate(c, m).await,
+            Some(Payload::AbortMigration(a)) => self.abort_migration(a).await,
+            Some(Payload::DestroyStale(d)) => self.destroy_stale(d).await,
             None => Err("the command has no payload".into()),
         }
     }

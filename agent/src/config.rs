@@ -94,6 +94,46 @@ pub struct AgentConfig {
     /// The qemu-img binary.
     #[serde(default = "default_qemu_img")]
     pub qemu_img: PathBuf,
+    /// Live and cold migration out of this host.
+    #[serde(default)]
+    pub migration: MigrationConfig,
+}
+
+/// `[migration]`: how this host migrates servers out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationConfig {
+    /// libvirt URI of a destination host; `{address}` is replaced by the address the
+    /// destination registered with. The destination's libvirtd must listen there.
+    #[serde(default = "default_migration_uri")]
+    pub uri_template: String,
+    /// Deadline of a migration whose command sets none (timeout_seconds = 0); after it the
+    /// migration is aborted and the server keeps running here.
+    #[serde(default = "default_migration_timeout")]
+    pub default_timeout_secs: u64,
+    /// How often a running migration reports its progress to the controller.
+    #[serde(default = "default_migration_progress")]
+    pub progress_interval_ms: u64,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig {
+            uri_template: default_migration_uri(),
+            default_timeout_secs: default_migration_timeout(),
+            progress_interval_ms: default_migration_progress(),
+        }
+    }
+}
+
+fn default_migration_uri() -> String {
+    "qemu+tcp://{address}/system".into()
+}
+fn default_migration_timeout() -> u64 {
+    600
+}
+fn default_migration_progress() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +291,34 @@ pub struct ValidConfig {
     pub disk_cache: DiskCache,
     pub kernels: BTreeMap<String, KernelConfig>,
     pub qemu_img: PathBuf,
+    pub migration: Migration,
+}
+
+/// The checked `[migration]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// Contains `{address}` exactly once.
+    pub uri_template: String,
+    pub default_timeout: Duration,
+    pub progress_interval: Duration,
+}
+
+impl Migration {
+    /// The libvirt URI of the destination host at `address`.
+    pub fn dest_uri(&self, address: &str) -> String {
+        self.uri_template.replace("{address}", address)
+    }
+}
+
+impl Default for Migration {
+    fn default() -> Self {
+        let c = MigrationConfig::default();
+        Migration {
+            uri_template: c.uri_template,
+            default_timeout: Duration::from_secs(c.default_timeout_secs),
+            progress_interval: Duration::from_millis(c.progress_interval_ms),
+        }
+    }
 }
 
 impl ValidConfig {
@@ -363,6 +431,21 @@ impl AgentConfig {
                 }
             ));
         }
+        let m = &self.migration;
+        if m.uri_template.matches("{address}").count() != 1 || !m.uri_template.contains("://") {
+            return invalid(format!(
+                "migration.uri_template {:?} must be a libvirt URI with `{{address}}` once, e.g. \
+                 \"qemu+tcp://{{address}}/system\"",
+                m.uri_template
+            ));
+        }
+        if m.default_timeout_secs == 0 || m.progress_interval_ms == 0 {
+            return invalid(
+                "migration.default_timeout_secs and migration.progress_interval_ms must be at \
+                 least 1"
+                    .into(),
+            );
+        }
         let tls = match &self.tls {
             None => None,
             Some(files) => {
@@ -399,6 +482,11 @@ impl AgentConfig {
             },
             kernels: self.kernels,
             qemu_img: self.qemu_img,
+            migration: Migration {
+                uri_template: self.migration.uri_template,
+                default_timeout: Duration::from_secs(self.migration.default_timeout_secs),
+                progress_interval: Duration::from_millis(self.migration.progress_interval_ms),
+            },
         })
     }
 }
@@ -446,6 +534,13 @@ mod tests {
         assert_eq!(c.disk_cache, DiskCache::None);
         assert!(c.tls.is_none() && c.kernels.is_empty());
         assert_eq!(c.cpu_model, "Test CPU");
+        assert_eq!(c.migration, Migration::default());
+        assert_eq!(
+            c.migration.dest_uri("10.0.0.22"),
+            "qemu+tcp://10.0.0.22/system"
+        );
+        assert_eq!(c.migration.default_timeout, Duration::from_secs(600));
+        assert_eq!(c.migration.progress_interval, Duration::from_secs(1));
     }
 
     #[test]
@@ -470,6 +565,10 @@ mod tests {
             kernel = "/srv/vmlinuz"
             initrd = "/srv/initrd.gz"
             cmdline = "console=ttyS0 quiet"
+            [migration]
+            uri_template = "qemu+tls://{address}:16514/system"
+            default_timeout_secs = 120
+            progress_interval_ms = 250
         "#;
         let c = AgentConfig::parse(text)
             .unwrap()
@@ -493,6 +592,18 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(c.disk_cache, DiskCache::Writeback);
         assert_eq!(c.console_dir(), Path::new("/tmp/agent-a/console"));
+        assert_eq!(
+            c.migration,
+            Migration {
+                uri_template: "qemu+tls://{address}:16514/system".into(),
+                default_timeout: Duration::from_secs(120),
+                progress_interval: Duration::from_millis(250),
+            }
+        );
+        assert_eq!(
+            c.migration.dest_uri("10.1.2.3"),
+            "qemu+tls://10.1.2.3:16514/system"
+        );
         assert_eq!(
             c.kernels["tiny"],
             KernelConfig {
@@ -538,6 +649,11 @@ mod tests {
             ("hostname = \"two words\"", "spaces"),
             ("[kernels.k]\nkernel = \"vmlinuz\"", "absolute"),
             ("[capacity]\nvcpus = 0", "vCPUs"),
+            (
+                "[migration]\nuri_template = \"qemu+tcp://host/system\"",
+                "{address}",
+            ),
+            ("[migration]\ndefault_timeout_secs = 0", "at least 1"),
             (
                 "[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/c\"\nkey = \"/k\"",
                 "ca.pem",

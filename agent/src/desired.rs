@@ -11,6 +11,9 @@
 //!
 //! NICs: none yet (the desired state carries no ports until networking lands).
 //!
+//! A server listed with `incoming_migration` (being migrated in) is held: the planner neither
+//! builds, starts nor removes anything of it until ownership moves and the flag is cleared.
+//!
 //! A server that cannot be mapped (an unknown image format, a bad digest, a kernel this host
 //! lacks, a spec the renderer refuses) is held — the planner leaves its local copy alone rather
 //! than remove it as unwanted — and its error is reported to the controller, which reschedules
@@ -64,6 +67,12 @@ impl Mapping {
             out.desired.hold(id.clone());
         }
         for s in &state.servers {
+            if s.incoming_migration {
+                // Being migrated in: what PrepareMigration made and the domain libvirt brings
+                // in are the migration's until ownership moves.
+                out.desired.hold(s.id.clone());
+                continue;
+            }
             match self.target(s) {
                 Ok(target) => {
                     out.desired.keep(target);
@@ -409,6 +418,33 @@ mod tests {
         let m = mapping().desired(&state, &held);
         assert!(m.desired.is_held(ID) && !m.desired.is_held(OTHER));
         keep(&m, OTHER);
+    }
+
+    #[test]
+    fn incoming_migrations_are_held_until_ownership_moves() {
+        let mut incoming = server(ID);
+        incoming.incoming_migration = true;
+        let state = pb::DesiredState {
+            servers: vec![incoming.clone(), server(OTHER)],
+            ..Default::default()
+        };
+        let m = mapping().desired(&state, &BTreeSet::new());
+        assert!(m.desired.is_held(ID), "the incoming server is held");
+        assert!(m.desired.get(ID).is_none(), "nothing is wanted of it yet");
+        assert!(m.errors.is_empty());
+        keep(&m, OTHER);
+        incoming.incoming_migration = false;
+        let moved = pb::DesiredState {
+            servers: vec![incoming],
+            ..Default::default()
+        };
+        let m = mapping().desired(&moved, &BTreeSet::new());
+        assert!(!m.desired.is_held(ID));
+        assert_eq!(
+            keep(&m, ID).generation(),
+            4,
+            "adopted at its new generation"
+        );
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct Host {
     /// Server id → revision of the desired state in force when its domain was last seen
     /// active (see [`Host::stopped_by_themselves`]).
     seen_active: Mutex<HashMap<String, u64>>,
+    /// Server id → the generation a successful migration gave it elsewhere (see
+    /// [`Host::mark_departed`]).
+    departed: Mutex<HashMap<String, u64>>,
 }
 
 /// Keeps a server held while it lives (see [`Host::hold`]).
@@ -127,7 +130,32 @@ impl Host {
             scans: std::sync::atomic::AtomicU64::new(0),
             published: Mutex::new(0),
             seen_active: Mutex::new(HashMap::new()),
+            departed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The server migrated away to a copy of `generation`: while the desired state still lists
+    /// it here at an older generation (ownership has not moved yet), the planner leaves it
+    /// alone, or it would define and start a second copy from the disks left here. Once the
+    /// desired state no longer lists it at an older generation, it is planned as usual again
+    /// (its leftovers removed as stale).
+    pub fn mark_departed(&self, server_id: &str, generation: u64) {
+        self.departed
+            .lock()
+            .insert(server_id.to_owned(), generation);
+    }
+
+    /// Departed servers the desired state still lists at an older generation; forgets the
+    /// others.
+    fn still_departing(&self, desired: &pb::DesiredState) -> Vec<String> {
+        let mut departed = self.departed.lock();
+        departed.retain(|id, moved_to| {
+            desired
+                .servers
+                .iter()
+                .any(|s| s.id == *id && s.placement_generation < *moved_to)
+        });
+        departed.keys().cloned().collect()
     }
 
     fn lock_of(&self, server_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -317,6 +345,7 @@ pub async fn round(host: &Arc<Host>, link: &Link) {
         let mut held = host.held.lock().clone();
         held.extend(failed.iter().cloned());
         held.extend(host.stopped_by_themselves(&scan, &desired));
+        held.extend(host.still_departing(&desired));
         let mapped = host.mapping.desired(&desired, &held);
         let steps = plan(&mapped.desired, &scan.observed, link.lease.is_valid());
         note_errors(host, &desired, &mapped.errors, &steps, &failed);

@@ -131,6 +131,7 @@ pub fn start(config: &ValidConfig, drivers: Drivers) -> Running {
         link.clone(),
         controllers.clone(),
         config.hostname.clone(),
+        config.migration.clone(),
     ));
     let register: Register = {
         let (host, link) = (host.clone(), link.clone());

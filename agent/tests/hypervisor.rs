@@ -4,12 +4,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flotilla_agent::driver::conformance::{
-    metadata_xml, run_hypervisor_suite, HypervisorFixture, TestDomain,
+    metadata_xml, run_hypervisor_suite, run_migration_suite, HypervisorFixture, MigrationFixture,
+    TestDomain,
 };
-use flotilla_agent::driver::fake::{Acpi, Call, FakeHypervisor, Op};
+use flotilla_agent::driver::fake::{
+    Acpi, Call, Fabric, FakeHypervisor, MigrationOutcome, MigrationScript, Op,
+};
 use flotilla_agent::driver::libvirt::LibvirtHypervisor;
 use flotilla_agent::driver::{
-    Hypervisor, HypervisorError, PowerState, RebootMode, ShutdownOutcome,
+    Hypervisor, HypervisorError, JobPhase, MigrationRequest, PowerState, RebootMode,
+    ShutdownOutcome,
 };
 
 /// A definition for the test driver (and the fake, which does not care about the type).
@@ -220,4 +224,117 @@ fn the_renderers_golden_definitions_are_recognised_as_flotillas() {
         seen += 1;
     }
     assert!(seen > 0, "no golden files in {}", dir.display());
+}
+
+#[test]
+fn fakes_on_one_fabric_pass_the_migration_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let fabric = Fabric::new();
+    let a = FakeHypervisor::on_fabric(&fabric, "fake://a");
+    let b = FakeHypervisor::on_fabric(&fabric, "fake://b");
+    let slow = |name: &str| {
+        a.script_migration(
+            name,
+            MigrationScript {
+                steps: 1,
+                step: Duration::from_millis(5),
+                outcome: MigrationOutcome::HangUntilAborted,
+            },
+        )
+    };
+    run_migration_suite(&MigrationFixture {
+        source: &a,
+        dest: &b,
+        dest_uri: "fake://b".into(),
+        unreachable_uri: "fake://nowhere".into(),
+        render_source: &render_test,
+        render_dest: &render_test,
+        slow_down: &slow,
+        timeout: Duration::from_secs(10),
+        dir: dir.path().to_path_buf(),
+    });
+}
+
+#[test]
+fn fake_migrations_report_disk_then_memory_progress_and_scripted_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let fabric = Fabric::new();
+    let a = FakeHypervisor::on_fabric(&fabric, "fake://a");
+    let b = FakeHypervisor::on_fabric(&fabric, "fake://b");
+    let (fake, name) = (&a, {
+        let d = TestDomain {
+            server_id: uuid::Uuid::new_v4(),
+            generation: 1,
+            console_log: Some(dir.path().join("c.log")),
+        };
+        let name = a.define(&render_test(&d)).unwrap();
+        a.start(&name).unwrap();
+        name
+    });
+    let dest_xml = {
+        let info = fake.info(&name).unwrap();
+        render_test(&TestDomain {
+            server_id: info.server.unwrap().server_id,
+            generation: 2,
+            console_log: Some(dir.path().join("c2.log")),
+        })
+    };
+    let request = MigrationRequest {
+        dest_uri: "fake://b".into(),
+        dest_xml,
+        live: true,
+        copy_storage: true,
+    };
+    // A failure after some progress: the domain stays, running.
+    fake.script_migration(
+        &name,
+        MigrationScript {
+            steps: 2,
+            step: Duration::from_millis(1),
+            outcome: MigrationOutcome::Fail("unable to connect to server: Connection reset".into()),
+        },
+    );
+    let err = fake.migrate(&name, &request).unwrap_err();
+    assert!(err.to_string().contains("Connection reset"), "{err}");
+    assert_eq!(fake.info(&name).unwrap().power, PowerState::Running);
+    assert!(b.info(&name).unwrap_err().is_not_found());
+    // Progress while it runs: disk first, then memory.
+    fake.script_migration(
+        &name,
+        MigrationScript {
+            steps: 4,
+            step: Duration::from_millis(40),
+            outcome: MigrationOutcome::Succeed,
+        },
+    );
+    let phases = std::thread::scope(|s| {
+        let call = s.spawn(|| fake.migrate(&name, &request));
+        let mut phases = Vec::new();
+        while !call.is_finished() {
+            if let Ok(Some(p)) = fake.job_progress(&name) {
+                assert!(p.bytes_done <= p.bytes_total && p.percent() <= 100, "{p:?}");
+                if phases.last() != Some(&p.phase) {
+                    phases.push(p.phase);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        call.join().unwrap().expect("migrated");
+        phases
+    });
+    assert_eq!(phases, [JobPhase::CopyingDisk, JobPhase::CopyingMemory]);
+    let info = b.info(&name).unwrap();
+    assert_eq!(info.state, "running (migrated)");
+    assert_eq!(info.server.unwrap().generation, 2);
+    // An injected failure hits the call before anything moves.
+    b.fail_next(
+        Op::Migrate,
+        &name,
+        HypervisorError::Libvirt {
+            action: "migrate",
+            name: name.clone(),
+            message: "injected".into(),
+        },
+    );
+    assert!(b.migrate(&name, &request).is_err());
 }

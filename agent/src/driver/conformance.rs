@@ -5,6 +5,9 @@
 //!   [`super::fake::FakeHypervisor`] and libvirt's `test:///default` in every `cargo test`
 //!   (`agent/tests/drivers.rs`), and against a real libvirtd with QEMU in
 //!   `agent/tests/real_libvirt.rs`.
+//! - Migration: [`run_migration_suite`] over a [`MigrationFixture`] of two hypervisors: two
+//!   fakes on one [`super::fake::Fabric`] (`agent/tests/hypervisor.rs`) and two real libvirtds
+//!   in network namespaces (`agent/tests/migration_real.rs`).
 //! - Disks: [`disks::run_disks_suite`], against [`super::disks_fake::FakeDisks`] and
 //!   [`super::disks::QemuImgDisks`] (`agent/tests/drivers.rs`).
 //!
@@ -511,4 +514,219 @@ fn list_is_sorted_and_complete(f: &HypervisorFixture<'_>) {
     for name in &names {
         remove(f, name);
     }
+}
+
+/// Two hosts whose drivers can migrate domains to each other, for [`run_migration_suite`].
+pub struct MigrationFixture<'a> {
+    pub source: &'a dyn Hypervisor,
+    pub dest: &'a dyn Hypervisor,
+    /// `dest_uri` that reaches `dest` from `source`.
+    pub dest_uri: String,
+    /// A `dest_uri` nobody answers at (connection refused).
+    pub unreachable_uri: String,
+    /// Renders a startable definition for the source host (creating its disk there).
+    pub render_source: &'a dyn Fn(&TestDomain) -> String,
+    /// Renders the definition the destination wants (its own, pre-created disk, same base).
+    pub render_dest: &'a dyn Fn(&TestDomain) -> String,
+    /// Makes the next migration of this domain slow enough to be watched and aborted (the
+    /// fake: hang until aborted; libvirt: a tiny bandwidth limit).
+    pub slow_down: &'a dyn Fn(&str),
+    /// How long a migration may take before the suite gives up.
+    pub timeout: Duration,
+    pub dir: PathBuf,
+}
+
+type MigrationCheck = fn(&MigrationFixture<'_>);
+
+/// Every migration check, by name.
+pub const MIGRATION_CHECKS: &[(&str, MigrationCheck)] = &[
+    (
+        "live_migration_moves_a_running_domain_with_the_destination_xml",
+        live_migration_moves_a_running_domain_with_the_destination_xml,
+    ),
+    (
+        "a_domain_started_paused_migrates_paused",
+        a_domain_started_paused_migrates_paused,
+    ),
+    (
+        "an_aborted_migration_leaves_the_domain_running_at_the_source",
+        an_aborted_migration_leaves_the_domain_running_at_the_source,
+    ),
+    (
+        "migration_refusals_change_nothing",
+        migration_refusals_change_nothing,
+    ),
+];
+
+/// Runs every migration check in order, printing each name and duration.
+pub fn run_migration_suite(f: &MigrationFixture<'_>) {
+    for (name, check) in MIGRATION_CHECKS {
+        let started = Instant::now();
+        eprintln!("migration conformance: {name} ...");
+        check(f);
+        eprintln!(
+            "migration conformance: {name} ok ({:.2?})",
+            started.elapsed()
+        );
+    }
+}
+
+fn migration_domain(f: &MigrationFixture<'_>) -> (TestDomain, TestDomain) {
+    let server_id = Uuid::new_v4();
+    let source = TestDomain {
+        server_id,
+        generation: 1,
+        console_log: Some(f.dir.join(format!("{server_id}.source.log"))),
+    };
+    let dest = TestDomain {
+        generation: 2,
+        console_log: Some(f.dir.join(format!("{server_id}.dest.log"))),
+        ..source.clone()
+    };
+    (source, dest)
+}
+
+fn request(f: &MigrationFixture<'_>, dest: &TestDomain, live: bool) -> super::MigrationRequest {
+    super::MigrationRequest {
+        dest_uri: f.dest_uri.clone(),
+        dest_xml: (f.render_dest)(dest),
+        live,
+        copy_storage: true,
+    }
+}
+
+fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn remove_on(hv: &dyn Hypervisor, name: &str) {
+    for r in [hv.destroy(name), hv.undefine(name)] {
+        match r {
+            Ok(()) | Err(HypervisorError::NotFound { .. }) => {}
+            Err(e) => panic!("removing {name}: {e}"),
+        }
+    }
+}
+
+fn live_migration_moves_a_running_domain_with_the_destination_xml(f: &MigrationFixture<'_>) {
+    let (src, dst) = migration_domain(f);
+    let name = f.source.define(&(f.render_source)(&src)).expect("define");
+    f.source.start(&name).expect("start");
+    assert_eq!(
+        f.source.job_progress(&name).expect("job"),
+        None,
+        "no job yet"
+    );
+    f.source
+        .migrate(&name, &request(f, &dst, true))
+        .expect("live migration");
+    assert!(
+        f.source.info(&name).unwrap_err().is_not_found(),
+        "undefined at the source"
+    );
+    let info = f.dest.info(&name).expect("at the destination");
+    assert_eq!(info.power, PowerState::Running, "{info:?}");
+    assert!(info.persistent, "persistent at the destination");
+    let meta = info.server.expect("Flotilla metadata");
+    assert_eq!(
+        (meta.server_id, meta.generation),
+        (src.server_id, 2),
+        "the destination XML's metadata"
+    );
+    remove_on(f.dest, &name);
+}
+
+fn a_domain_started_paused_migrates_paused(f: &MigrationFixture<'_>) {
+    let (src, dst) = migration_domain(f);
+    let name = f.source.define(&(f.render_source)(&src)).expect("define");
+    f.source.start_paused(&name).expect("start paused");
+    assert_eq!(f.source.info(&name).unwrap().power, PowerState::Paused);
+    f.source.start_paused(&name).expect("idempotent");
+    f.source
+        .migrate(&name, &request(f, &dst, false))
+        .expect("cold migration");
+    assert!(f.source.info(&name).unwrap_err().is_not_found());
+    assert_eq!(f.dest.info(&name).unwrap().power, PowerState::Paused);
+    f.dest.resume(&name).expect("resume at the destination");
+    assert_eq!(f.dest.info(&name).unwrap().power, PowerState::Running);
+    remove_on(f.dest, &name);
+}
+
+fn an_aborted_migration_leaves_the_domain_running_at_the_source(f: &MigrationFixture<'_>) {
+    let (src, dst) = migration_domain(f);
+    let name = f.source.define(&(f.render_source)(&src)).expect("define");
+    f.source.start(&name).expect("start");
+    (f.slow_down)(&name);
+    let req = request(f, &dst, true);
+    std::thread::scope(|s| {
+        let call = s.spawn(|| f.source.migrate(&name, &req));
+        let progress = wait_for(f.timeout, "the migration job to report progress", || {
+            f.source.job_progress(&name).expect("job progress")
+        });
+        assert!(
+            progress.bytes_total > 0 || progress.bytes_done == 0,
+            "{progress:?}"
+        );
+        assert!(
+            f.source.abort_job(&name).expect("abort"),
+            "a job was running"
+        );
+        let result = call.join().expect("the migrate call");
+        assert!(result.is_err(), "an aborted migration fails: {result:?}");
+    });
+    let info = f.source.info(&name).expect("still at the source");
+    assert_eq!(info.power, PowerState::Running, "{info:?}");
+    assert_eq!(info.server.map(|m| m.generation), Some(1));
+    wait_for(f.timeout, "no copy left at the destination", || {
+        f.dest
+            .info(&name)
+            .is_err_and(|e| e.is_not_found())
+            .then_some(())
+    });
+    assert_eq!(f.source.job_progress(&name).unwrap(), None);
+    assert!(
+        !f.source.abort_job(&name).unwrap(),
+        "no job to abort any more"
+    );
+    remove_on(f.source, &name);
+}
+
+fn migration_refusals_change_nothing(f: &MigrationFixture<'_>) {
+    let (src, dst) = migration_domain(f);
+    let name = f.source.define(&(f.render_source)(&src)).expect("define");
+    let refused = f.source.migrate(&name, &request(f, &dst, true));
+    assert!(
+        matches!(refused, Err(HypervisorError::InvalidState { .. })),
+        "a shut-off domain does not migrate: {refused:?}"
+    );
+    f.source.start(&name).expect("start");
+    assert!(
+        matches!(
+            f.source.start_paused(&name),
+            Err(HypervisorError::InvalidState { .. })
+        ),
+        "a running domain cannot be started paused"
+    );
+    assert!(!f.source.abort_job(&name).unwrap(), "no job to abort");
+    let mut unreachable = request(f, &dst, true);
+    unreachable.dest_uri = f.unreachable_uri.clone();
+    assert!(f.source.migrate(&name, &unreachable).is_err());
+    assert_eq!(f.source.info(&name).unwrap().power, PowerState::Running);
+    assert!(f.dest.info(&name).unwrap_err().is_not_found());
+    let missing = f.source.migrate(
+        "flotilla-00000000-0000-4000-8000-00000000beef",
+        &request(f, &dst, true),
+    );
+    assert!(missing.unwrap_err().is_not_found());
+    remove_on(f.source, &name);
 }

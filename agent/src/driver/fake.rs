@@ -13,11 +13,19 @@
 //! - [`FakeHypervisor::write_console`]: the guest writes to its serial console (appended to the
 //!   log file named in the definition, which the fake reads like the real driver).
 //! - [`FakeHypervisor::calls`]: every call made, in order, for assertions.
+//! - Migration: fakes made with [`FakeHypervisor::on_fabric`] share a [`Fabric`] and migrate
+//!   domains to each other by URI ([`Hypervisor::migrate`] with
+//!   [`super::MigrationRequest::dest_uri`] naming the other fake). A migration reports
+//!   progress through [`Hypervisor::job_progress`] while it runs and can be aborted with
+//!   [`Hypervisor::abort_job`]; [`FakeHypervisor::script_migration`] sets how the next
+//!   migration of a domain goes (how many progress steps, how long each, and whether it then
+//!   succeeds, fails with a message, or hangs until aborted).
 //!
 //! Like the real driver, a redefinition of a running domain takes effect at its next start,
 //! while [`Hypervisor::info`] reports the metadata of the persistent definition.
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -26,7 +34,8 @@ use super::domain_xml::{self, DomainXml};
 use super::libvirt::read_console_log;
 use super::{
     reason, state_string, ConsoleLog, DiskStats, DomainInfo, DomainStats, Hypervisor,
-    HypervisorError, MemoryStats, NicStats, PowerState, RebootMode, ShutdownOutcome,
+    HypervisorError, JobPhase, JobProgress, MemoryStats, MigrationRequest, NicStats, PowerState,
+    RebootMode, ShutdownOutcome,
 };
 
 /// The operations failures can be injected into.
@@ -42,6 +51,64 @@ pub enum Op {
     Info,
     Stats,
     ConsoleLog,
+    StartPaused,
+    Migrate,
+    JobProgress,
+    AbortJob,
+}
+
+/// Fake hypervisors that reach each other by URI (see the module doc).
+#[derive(Debug, Default)]
+pub struct Fabric {
+    hosts: Mutex<HashMap<String, Weak<Mutex<State>>>>,
+}
+
+impl Fabric {
+    pub fn new() -> Arc<Fabric> {
+        Arc::default()
+    }
+
+    fn find(&self, uri: &str) -> Option<Arc<Mutex<State>>> {
+        self.hosts.lock().get(uri).and_then(Weak::upgrade)
+    }
+}
+
+/// How the next migration of a domain goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationScript {
+    /// Progress steps reported before the outcome.
+    pub steps: u32,
+    /// How long each step takes.
+    pub step: Duration,
+    pub outcome: MigrationOutcome,
+}
+
+impl Default for MigrationScript {
+    fn default() -> Self {
+        MigrationScript {
+            steps: 2,
+            step: Duration::from_millis(10),
+            outcome: MigrationOutcome::Succeed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationOutcome {
+    Succeed,
+    /// Fails with this libvirt message after the steps; the domain stays at the source.
+    Fail(String),
+    /// Keeps running (reporting the last step's progress) until aborted.
+    HangUntilAborted,
+}
+
+/// Bytes the fake pretends to copy per step.
+const FAKE_STEP_BYTES: u64 = 64 << 20;
+
+#[derive(Debug)]
+struct FakeJob {
+    progress: JobProgress,
+    aborted: bool,
 }
 
 /// How a guest answers the ACPI power button.
@@ -73,6 +140,8 @@ struct FakeDomain {
     started: Option<Instant>,
     /// Counts starts, so stats differ between boots.
     boots: u64,
+    /// The migration running, if any.
+    job: Option<FakeJob>,
 }
 
 #[derive(Debug, Default)]
@@ -81,17 +150,65 @@ struct State {
     failures: HashMap<(Op, String), VecDeque<HypervisorError>>,
     calls: Vec<Call>,
     next_uuid: u64,
+    migrations: HashMap<String, MigrationScript>,
 }
 
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct FakeHypervisor {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    fabric: Option<Arc<Fabric>>,
 }
 
 impl FakeHypervisor {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A fake reachable on `fabric` as `uri` (the `dest_uri` other fakes migrate to).
+    pub fn on_fabric(fabric: &Arc<Fabric>, uri: &str) -> Self {
+        let hv = FakeHypervisor {
+            state: Arc::default(),
+            fabric: Some(fabric.clone()),
+        };
+        fabric
+            .hosts
+            .lock()
+            .insert(uri.to_string(), Arc::downgrade(&hv.state));
+        hv
+    }
+
+    /// How the next migration of `name` goes (default: [`MigrationScript::default`]).
+    pub fn script_migration(&self, name: &str, script: MigrationScript) {
+        self.state
+            .lock()
+            .migrations
+            .insert(name.to_string(), script);
+    }
+
+    /// Updates the running job of `name`; whether it was aborted (the job is then gone).
+    fn job_step(&self, name: &str, progress: JobProgress) -> bool {
+        let mut state = self.state.lock();
+        let Some(d) = state.domains.get_mut(name) else {
+            return true;
+        };
+        match &mut d.job {
+            Some(job) if job.aborted => {
+                d.job = None;
+                true
+            }
+            Some(job) => {
+                job.progress = progress;
+                false
+            }
+            None => true,
+        }
+    }
+
+    fn end_job(&self, name: &str) {
+        if let Some(d) = self.state.lock().domains.get_mut(name) {
+            d.job = None;
+        }
     }
 
     /// The next `op` on `name` fails with `error` (after the domain lookup, before any change).
@@ -156,6 +273,7 @@ impl FakeHypervisor {
                 acpi: Acpi::PowerOffAfter(Duration::ZERO),
                 started: power.is_active().then(Instant::now),
                 boots: 0,
+                job: None,
             },
         );
     }
@@ -364,6 +482,7 @@ impl Hypervisor for FakeHypervisor {
                 acpi: Acpi::PowerOffAfter(Duration::ZERO),
                 started: None,
                 boots: 0,
+                job: None,
             },
         );
         Ok(name)
@@ -543,5 +662,212 @@ impl Hypervisor for FakeHypervisor {
             d.live.clone().unwrap_or_else(|| d.config.clone())
         };
         read_console_log(name, &xml, max_bytes)
+    }
+
+    fn start_paused(&self, name: &str) -> Result<(), HypervisorError> {
+        let mut state = self.state.lock();
+        let d = Self::enter(&mut state, Op::StartPaused, name, true)?;
+        match d.power {
+            PowerState::Paused => Ok(()),
+            PowerState::ShutOff => {
+                power_on(d);
+                d.power = PowerState::Paused;
+                d.reason = reason::PAUSED_USER;
+                Ok(())
+            }
+            state => Err(HypervisorError::InvalidState {
+                name: name.to_string(),
+                action: "start (paused)",
+                state,
+                hint: "; it runs already",
+            }),
+        }
+    }
+
+    fn migrate(&self, name: &str, request: &MigrationRequest) -> Result<(), HypervisorError> {
+        let config = domain_xml::parse(&request.dest_xml)
+            .map_err(|message| HypervisorError::InvalidDefinition { message })?;
+        let started = Instant::now();
+        let script = {
+            let mut state = self.state.lock();
+            let d = Self::enter(&mut state, Op::Migrate, name, true)?;
+            if !d.power.is_active() {
+                return Err(HypervisorError::InvalidState {
+                    name: name.to_string(),
+                    action: "migrate",
+                    state: d.power,
+                    hint: "; only an active (running or paused) domain migrates",
+                });
+            }
+            if d.job.is_some() {
+                return Err(HypervisorError::Libvirt {
+                    action: "migrate",
+                    name: name.to_string(),
+                    message: "another migration job is already running".into(),
+                });
+            }
+            if config.name != name || config.uuid.as_deref().is_some_and(|u| u != d.uuid) {
+                return Err(HypervisorError::InvalidDefinition {
+                    message: format!(
+                        "target domain name/uuid {}/{:?} does not match source {name}/{}",
+                        config.name, config.uuid, d.uuid
+                    ),
+                });
+            }
+            if config.server.is_none() {
+                return Err(HypervisorError::InvalidDefinition {
+                    message: format!(
+                        "the destination definition of {name} has no Flotilla metadata"
+                    ),
+                });
+            }
+            let script = state.migrations.remove(name).unwrap_or_default();
+            let d = state.domains.get_mut(name).expect("entered above");
+            d.job = Some(FakeJob {
+                progress: fake_progress(&script, 0, request.copy_storage, started),
+                aborted: false,
+            });
+            script
+        };
+        let dest = self.fabric.as_ref().and_then(|f| f.find(&request.dest_uri));
+        let Some(dest) = dest else {
+            self.end_job(name);
+            return Err(HypervisorError::Connect {
+                uri: request.dest_uri.clone(),
+                message: "no fake hypervisor at this URI on the fabric".into(),
+            });
+        };
+        if dest
+            .lock()
+            .domains
+            .get(name)
+            .is_some_and(|d| d.power.is_active())
+        {
+            self.end_job(name);
+            return Err(HypervisorError::Libvirt {
+                action: "migrate",
+                name: name.to_string(),
+                message: format!("domain '{name}' is already active at the destination"),
+            });
+        }
+        for step in 1..=script.steps {
+            std::thread::sleep(script.step);
+            let progress = fake_progress(&script, step, request.copy_storage, started);
+            if self.job_step(name, progress) {
+                return Err(Self::aborted(name));
+            }
+        }
+        match &script.outcome {
+            MigrationOutcome::Succeed => {}
+            MigrationOutcome::Fail(message) => {
+                self.end_job(name);
+                return Err(HypervisorError::Libvirt {
+                    action: "migrate",
+                    name: name.to_string(),
+                    message: message.clone(),
+                });
+            }
+            MigrationOutcome::HangUntilAborted => loop {
+                std::thread::sleep(Duration::from_millis(5));
+                let progress = fake_progress(&script, script.steps, request.copy_storage, started);
+                if self.job_step(name, progress) {
+                    return Err(Self::aborted(name));
+                }
+            },
+        }
+        self.hand_over(name, &dest, config)
+    }
+
+    fn job_progress(&self, name: &str) -> Result<Option<JobProgress>, HypervisorError> {
+        let mut state = self.state.lock();
+        let d = Self::enter(&mut state, Op::JobProgress, name, false)?;
+        Ok(d.job.as_ref().map(|j| j.progress.clone()))
+    }
+
+    fn abort_job(&self, name: &str) -> Result<bool, HypervisorError> {
+        let mut state = self.state.lock();
+        let d = Self::enter(&mut state, Op::AbortJob, name, true)?;
+        Ok(match &mut d.job {
+            Some(job) if !job.aborted => {
+                job.aborted = true;
+                true
+            }
+            _ => false,
+        })
+    }
+}
+
+fn fake_progress(
+    script: &MigrationScript,
+    step: u32,
+    copy_storage: bool,
+    started: Instant,
+) -> JobProgress {
+    let total_steps = u64::from(script.steps.max(1));
+    let done_steps = u64::from(step.min(script.steps));
+    let disk_steps = if copy_storage { total_steps / 2 } else { 0 };
+    let disk_total = disk_steps * FAKE_STEP_BYTES;
+    let memory_total = (total_steps - disk_steps) * FAKE_STEP_BYTES;
+    let disk_done = done_steps.min(disk_steps) * FAKE_STEP_BYTES;
+    let memory_done = done_steps.saturating_sub(disk_steps) * FAKE_STEP_BYTES;
+    JobProgress {
+        phase: if disk_done < disk_total {
+            JobPhase::CopyingDisk
+        } else {
+            JobPhase::CopyingMemory
+        },
+        bytes_done: disk_done + memory_done,
+        bytes_total: disk_total + memory_total,
+        disk_done,
+        disk_total,
+        memory_done,
+        memory_total,
+        elapsed: started.elapsed(),
+    }
+}
+
+impl FakeHypervisor {
+    fn aborted(name: &str) -> HypervisorError {
+        HypervisorError::MigrationAborted {
+            name: name.to_string(),
+            message: "operation aborted: migration out: canceled by client".into(),
+        }
+    }
+
+    /// Moves the domain to `dest` once the copy is done; fails if it was aborted meanwhile.
+    fn hand_over(
+        &self,
+        name: &str,
+        dest: &Mutex<State>,
+        config: DomainXml,
+    ) -> Result<(), HypervisorError> {
+        let moved = {
+            let mut state = self.state.lock();
+            let d = state.domains.get_mut(name).ok_or_else(|| not_found(name))?;
+            if d.job.as_ref().is_none_or(|j| j.aborted) {
+                d.job = None;
+                return Err(Self::aborted(name));
+            }
+            state.domains.remove(name).expect("checked above")
+        };
+        let (power, why) = match moved.power {
+            PowerState::Paused => (PowerState::Paused, reason::PAUSED_MIGRATION),
+            _ => (PowerState::Running, reason::RUNNING_MIGRATED),
+        };
+        dest.lock().domains.insert(
+            name.to_string(),
+            FakeDomain {
+                uuid: moved.uuid,
+                live: Some(config.clone()),
+                config,
+                power,
+                reason: why,
+                acpi: moved.acpi,
+                started: Some(Instant::now()),
+                boots: moved.boots,
+                job: None,
+            },
+        );
+        Ok(())
     }
 }

@@ -9,6 +9,14 @@
 //!
 //! One connection is shared by all calls (libvirt connections are thread-safe); when it dies
 //! (libvirtd restarted) the next call opens a new one.
+//!
+//! Migration: [`Hypervisor::migrate`] is `virDomainMigrateToURI3` peer to peer
+//! (`PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE`, plus `LIVE` and `NON_SHARED_INC` as asked) with
+//! the destination XML. The call blocks while the migration runs (for minutes when the network
+//! to the destination breaks); [`Hypervisor::job_progress`] (`virDomainGetJobStats`) works on
+//! the shared connection meanwhile. The `virt` crate (0.5) has no binding for
+//! `virDomainAbortJob` and the workspace forbids unsafe code, so [`Hypervisor::abort_job`] runs
+//! `virsh -c <uri> domjobabort <name>`: its own connection, which a busy one cannot block.
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,10 +28,15 @@ use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 
 use super::domain_xml::{self, DomainXml};
+use super::process::{self, RunError};
 use super::{
     state_string, ConsoleLog, DiskStats, DomainInfo, DomainStats, Hypervisor, HypervisorError,
-    MemoryStats, NicStats, PowerState, RebootMode, ShutdownOutcome,
+    JobPhase, JobProgress, MemoryStats, MigrationRequest, NicStats, PowerState, RebootMode,
+    ShutdownOutcome,
 };
+
+/// How long `virsh domjobabort` may take.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a waiting shutdown looks at the domain's state.
 const POLL: Duration = Duration::from_millis(50);
@@ -519,6 +532,127 @@ impl Hypervisor for LibvirtHypervisor {
         let dom = self.lookup(name, "read the console of")?;
         let xml = self.xml(&dom, name, "read the console of", false)?;
         read_console_log(name, &xml, max_bytes)
+    }
+
+    fn start_paused(&self, name: &str) -> Result<(), HypervisorError> {
+        const ACTION: &str = "start (paused)";
+        let (dom, _) = self.ours(name, ACTION)?;
+        match self.power(&dom, name, ACTION)? {
+            PowerState::Paused => return Ok(()),
+            PowerState::ShutOff => {}
+            state => {
+                return Err(HypervisorError::InvalidState {
+                    name: name.to_string(),
+                    action: ACTION,
+                    state,
+                    hint: "; it runs already",
+                })
+            }
+        }
+        dom.create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED)
+            .map_err(|e| self.error(e, ACTION, name))
+    }
+
+    fn migrate(&self, name: &str, request: &MigrationRequest) -> Result<(), HypervisorError> {
+        const ACTION: &str = "migrate";
+        let (dom, _) = self.ours(name, ACTION)?;
+        let state = self.power(&dom, name, ACTION)?;
+        if !state.is_active() {
+            return Err(HypervisorError::InvalidState {
+                name: name.to_string(),
+                action: ACTION,
+                state,
+                hint: "; only an active (running or paused) domain migrates",
+            });
+        }
+        let mut flags = virt::sys::VIR_MIGRATE_PEER2PEER
+            | virt::sys::VIR_MIGRATE_PERSIST_DEST
+            | virt::sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        if request.live {
+            flags |= virt::sys::VIR_MIGRATE_LIVE;
+        }
+        if request.copy_storage {
+            flags |= virt::sys::VIR_MIGRATE_NON_SHARED_INC;
+        }
+        let params = virt::domain::MigrateParameters {
+            dest_xml: Some(request.dest_xml.clone()),
+            ..Default::default()
+        };
+        dom.migrate_to_uri3(Some(&request.dest_uri), params, flags)
+            .map_err(|e| match e.code() {
+                Enum::Known(ErrorNumber::OperationAborted) => HypervisorError::MigrationAborted {
+                    name: name.to_string(),
+                    message: e.message().to_string(),
+                },
+                _ => self.error(e, ACTION, name),
+            })
+    }
+
+    fn job_progress(&self, name: &str) -> Result<Option<JobProgress>, HypervisorError> {
+        const ACTION: &str = "read the job of";
+        let dom = self.lookup(name, ACTION)?;
+        let stats = match dom.job_stats(0) {
+            Ok(s) => s,
+            Err(e) => return Err(self.error(e, ACTION, name)),
+        };
+        if stats.r#type == virt::sys::VIR_DOMAIN_JOB_NONE as i32 {
+            return Ok(None);
+        }
+        let disk_total = stats.disk_total.unwrap_or(0);
+        let disk_done = stats.disk_processed.unwrap_or(0);
+        let memory_total = stats.mem_total.unwrap_or(0);
+        let memory_done = stats.mem_processed.unwrap_or(0);
+        let bytes_total = stats.data_total.unwrap_or(disk_total + memory_total);
+        let bytes_done = stats.data_processed.unwrap_or(disk_done + memory_done);
+        // Storage is copied first; memory once the disks are mirrored.
+        let phase = if disk_total > 0 && disk_done < disk_total && memory_done == 0 {
+            JobPhase::CopyingDisk
+        } else {
+            JobPhase::CopyingMemory
+        };
+        Ok(Some(JobProgress {
+            phase,
+            bytes_done,
+            bytes_total,
+            disk_done,
+            disk_total,
+            memory_done,
+            memory_total,
+            elapsed: Duration::from_millis(stats.time_elapsed.unwrap_or(0)),
+        }))
+    }
+
+    fn abort_job(&self, name: &str) -> Result<bool, HypervisorError> {
+        const ACTION: &str = "abort the job of";
+        self.ours(name, ACTION)?;
+        if self.job_progress(name)?.is_none() {
+            return Ok(false);
+        }
+        let argv = ["-c", &self.uri, "domjobabort", name].map(Into::into);
+        match process::run(std::path::Path::new("virsh"), &argv, ABORT_TIMEOUT) {
+            Ok(_) => Ok(true),
+            Err(RunError::Failed { stderr, .. }) if stderr.contains("no job is active") => {
+                Ok(false)
+            }
+            Err(RunError::Failed { stderr, .. }) => Err(HypervisorError::Libvirt {
+                action: ACTION,
+                name: name.to_string(),
+                message: format!("virsh domjobabort failed: {stderr}"),
+            }),
+            Err(RunError::Timeout) => Err(HypervisorError::Libvirt {
+                action: ACTION,
+                name: name.to_string(),
+                message: format!(
+                    "virsh domjobabort did not return within {} s",
+                    ABORT_TIMEOUT.as_secs()
+                ),
+            }),
+            Err(RunError::Spawn(e)) => Err(HypervisorError::Libvirt {
+                action: ACTION,
+                name: name.to_string(),
+                message: format!("cannot run virsh (libvirt-clients): {e}"),
+            }),
+        }
     }
 }
 

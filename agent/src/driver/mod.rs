@@ -226,6 +226,86 @@ pub trait Hypervisor: Send + Sync {
     /// The last `max_bytes` of the serial console log file named in the domain definition
     /// (`<serial><log file='…'/></serial>`); empty when the guest has not written it yet.
     fn console_log(&self, name: &str, max_bytes: usize) -> Result<ConsoleLog, HypervisorError>;
+
+    /// Starts a defined, shut-off domain with its vCPUs paused (`VIR_DOMAIN_START_PAUSED`): the
+    /// guest never runs a single instruction here. No-op when it is paused already; a running
+    /// domain gives [`HypervisorError::InvalidState`].
+    fn start_paused(&self, name: &str) -> Result<(), HypervisorError>;
+
+    /// Migrates the active (running or paused) domain to the hypervisor at
+    /// [`MigrationRequest::dest_uri`], peer to peer, and blocks until it is done. The domain is
+    /// defined there from [`MigrationRequest::dest_xml`] (persistent) and undefined here: on
+    /// success it no longer exists on this host, and it arrives in the power state it left in
+    /// (paused stays paused). On failure (including [`Hypervisor::abort_job`], which gives
+    /// [`HypervisorError::MigrationAborted`]) the domain is still here, in the state it had. The
+    /// call can block for minutes when the network to the destination breaks: run it on its own
+    /// thread and watch it with [`Hypervisor::job_progress`] and [`Hypervisor::abort_job`].
+    fn migrate(&self, name: &str, request: &MigrationRequest) -> Result<(), HypervisorError>;
+
+    /// Progress of the domain's running background job (a migration); `None` when no job runs.
+    fn job_progress(&self, name: &str) -> Result<Option<JobProgress>, HypervisorError>;
+
+    /// Aborts the domain's running background job (a migration, which then fails); returns
+    /// whether one was running.
+    fn abort_job(&self, name: &str) -> Result<bool, HypervisorError>;
+}
+
+/// Where and how [`Hypervisor::migrate`] moves a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationRequest {
+    /// The destination hypervisor's libvirt URI, e.g. `qemu+tcp://10.0.0.22/system`.
+    pub dest_uri: String,
+    /// The domain definition the destination uses (its disk paths, its metadata).
+    pub dest_xml: String,
+    /// Live: memory follows while the guest keeps running (`VIR_MIGRATE_LIVE`). Otherwise the
+    /// domain stays paused for the whole copy (cold migration of a domain started paused).
+    pub live: bool,
+    /// Copy local disks into the pre-created destination overlays (`VIR_MIGRATE_NON_SHARED_INC`:
+    /// only the overlays' own data; the destination has the same base).
+    pub copy_storage: bool,
+}
+
+/// What a migration is doing right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobPhase {
+    /// Copying disk data (storage migration, before memory).
+    CopyingDisk,
+    /// Copying memory.
+    CopyingMemory,
+}
+
+impl JobPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobPhase::CopyingDisk => "copying disk",
+            JobPhase::CopyingMemory => "copying memory",
+        }
+    }
+}
+
+/// Progress of a running job ([`Hypervisor::job_progress`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobProgress {
+    pub phase: JobPhase,
+    /// Bytes copied so far (memory and disk).
+    pub bytes_done: u64,
+    /// Bytes to copy as known now (grows when the guest dirties memory again); 0 when unknown.
+    pub bytes_total: u64,
+    pub disk_done: u64,
+    pub disk_total: u64,
+    pub memory_done: u64,
+    pub memory_total: u64,
+    pub elapsed: Duration,
+}
+
+impl JobProgress {
+    /// Whole percent of `bytes_total` done (0 when the total is unknown), at most 100.
+    pub fn percent(&self) -> u32 {
+        if self.bytes_total == 0 {
+            return 0;
+        }
+        (self.bytes_done.min(self.bytes_total) * 100 / self.bytes_total) as u32
+    }
 }
 
 /// Everything a [`Hypervisor`] can fail with. Messages say what to do where there is a choice.
@@ -272,6 +352,8 @@ pub enum HypervisorError {
         action: &'static str,
         message: String,
     },
+    #[error("the migration of domain {name} was aborted: {message}")]
+    MigrationAborted { name: String, message: String },
     #[error("libvirt could not {action} domain {name}: {message}")]
     Libvirt {
         action: &'static str,
@@ -348,7 +430,11 @@ pub fn state_string(power: PowerState, reason: i32) -> String {
 pub mod reason {
     pub const UNKNOWN: i32 = 0;
     pub const RUNNING_BOOTED: i32 = 1;
+    pub const RUNNING_MIGRATED: i32 = 2;
     pub const RUNNING_UNPAUSED: i32 = 5;
+    pub const PAUSED_USER: i32 = 1;
+    pub const PAUSED_MIGRATION: i32 = 2;
+    pub const PAUSED_STARTING_UP: i32 = 11;
     pub const SHUTOFF_SHUTDOWN: i32 = 1;
     pub const SHUTOFF_DESTROYED: i32 = 2;
 }

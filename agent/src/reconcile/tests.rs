@@ -761,3 +761,34 @@ fn disk_layout_round_trips_and_ignores_foreign_files() {
         Some((B.to_owned(), 0, DiskRole::Root))
     );
 }
+
+#[test]
+fn migrated_in_copies_are_adopted_and_powered_as_desired_never_redefined() {
+    let a2 = target(A, 2, Power::Running);
+    let a2_off = target(A, 2, Power::ShutOff);
+    // Arrived paused (cold migration) with the disks PrepareMigration made.
+    let paused = Host::default().base(1).copy(A, Paused, 2);
+    // While incoming, the migration owns it: nothing is planned.
+    let mut incoming = Desired::new();
+    incoming.hold(A);
+    assert_eq!(plan(&incoming, &paused.0, true), vec![]);
+    // Ownership moved and the server should run: resuming it is its cold boot.
+    assert_eq!(
+        plan(&desired([a2.clone()]), &paused.0, true),
+        vec![resume(A)]
+    );
+    // It should stay off: the paused domain is destroyed (its CPUs never ran here).
+    let steps = plan(&desired([a2_off.clone()]), &paused.0, true);
+    assert_eq!(steps, vec![destroy(A)]);
+    let mut observed = paused.0.clone();
+    converge(&desired([a2_off]), &mut observed, true);
+    // Arrived running (live migration): adopted as it is.
+    let running = Host::default().base(1).copy(A, Running, 2);
+    assert_eq!(plan(&desired([a2.clone()]), &running.0, true), vec![]);
+    // Leftover disks of the generation it had here before are stale.
+    let with_old = Host::default().base(1).copy(A, Running, 2).root(A, 1);
+    assert_eq!(
+        plan(&desired([a2]), &with_old.0, true),
+        vec![delete_disks(A, 1)]
+    );
+}
