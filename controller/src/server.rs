@@ -227,6 +227,7 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
             HostApi {
                 api: api.clone(),
                 hub: hub.clone(),
+                ratios: config.compute.allocation_ratios,
             }
         ))
         .add_service(authed!(OperationServiceServer, OperationApi(api.clone())))

@@ -179,6 +179,8 @@ pub struct Duties {
     pub reschedule: Vec<(String, String)>,
     /// Command steps to send: (host id, command).
     pub commands: Vec<(String, pb::AgentCommand)>,
+    /// Host jobs (evacuations, drains) whose next items should start: (operation id, items).
+    pub advance: Vec<(String, Vec<crate::state::ItemStart>)>,
 }
 
 /// Hosts whose last heartbeat is older than `limit`, given `beats`; hosts without an entry get
@@ -278,6 +280,7 @@ pub fn duties(state: &State, ratios: &AllocationRatios) -> Duties {
             _ => {}
         }
     }
+    super::move_duties::add(state, ratios, &mut duties);
     duties
 }
 
@@ -328,6 +331,17 @@ pub async fn run(api: Api, hub: Arc<AgentHub>, lease: LeaseSettings, ratios: All
         }
         for (host_id, command) in duties.commands {
             hub.send_once(&host_id, command);
+        }
+        for (operation_id, starts) in duties.advance {
+            let key = format!("job:{operation_id}:{}", starts[0].server_id);
+            if proposed.insert(key, Instant::now()).is_some() {
+                continue;
+            }
+            let cmd = Command::AdvanceHostJob {
+                operation_id,
+                starts,
+            };
+            spawn_propose(&api, &actor, cmd);
         }
     }
 }

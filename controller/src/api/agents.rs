@@ -20,8 +20,8 @@ use super::{new_id, Api};
 use crate::images::stream::read_chunks;
 use crate::images::ImageRuntime;
 use crate::state::{
-    Command, DesiredPower, HostRegistration, ImageStatus, ObservedServer, PowerState, State,
-    AGENT_UPLOAD,
+    Command, DesiredPower, HostRegistration, ImageStatus, ObservedServer, PowerState, Progress,
+    Server, State, AGENT_UPLOAD,
 };
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
@@ -49,44 +49,54 @@ pub fn power_from_pb(p: i32) -> PowerState {
     }
 }
 
-/// What `host_id` should run, from the state (pure).
+/// What `host_id` should run, from the state (pure): the servers placed there, and the ones
+/// being migrated in (at their new generation, marked incoming).
 pub fn desired_state(state: &State, host_id: &str) -> pb::DesiredState {
-    let servers = state
+    let placed = state
         .servers_on(host_id)
-        .map(|s| {
-            let f = &s.flavor;
-            let extra_gib = f.ephemeral_gib + f.swap_mib.div_ceil(1024);
-            pb::DesiredServer {
-                id: s.id.clone(),
-                name: s.name.clone(),
-                project_id: s.project_id.clone(),
-                vcpus: f.vcpus,
-                ram_mib: f.ram_mib,
-                root_disk_gib: s.claim.disk_gib.saturating_sub(extra_gib),
-                ephemeral_gib: f.ephemeral_gib,
-                swap_mib: f.swap_mib,
-                extra_specs: f.extra_specs.clone().into_iter().collect(),
-                image_id: s.image.id.clone(),
-                image_sha256: s.image.sha256.clone(),
-                image_size_bytes: s.image.size_bytes,
-                image_disk_format: super::convert::disk_format(s.image.disk_format) as i32,
-                placement_generation: s.placement_generation,
-                power_state: match s.desired_power {
-                    DesiredPower::Running => pb::ServerPowerState::Running,
-                    DesiredPower::Shutdown => pb::ServerPowerState::Shutdown,
-                } as i32,
-                ports: vec![],
-                console_log_path: String::new(),
-                user_data: s.user_data.clone(),
-                metadata: s.metadata.clone().into_iter().collect(),
-                incoming_migration: false,
-            }
-        })
-        .collect();
+        .map(|s| desired_server(s, s.placement_generation, false));
+    let incoming = state.migrating_to(host_id).map(|s| {
+        let generation = s
+            .migration
+            .as_ref()
+            .map_or(s.placement_generation, |m| m.destination_generation);
+        desired_server(s, generation, true)
+    });
     pb::DesiredState {
         revision: state.revision(),
-        servers,
+        servers: placed.chain(incoming).collect(),
         ..Default::default()
+    }
+}
+
+/// One server as an agent should hold it, at `generation`.
+pub fn desired_server(s: &Server, generation: u64, incoming: bool) -> pb::DesiredServer {
+    let f = &s.flavor;
+    let extra_gib = f.ephemeral_gib + f.swap_mib.div_ceil(1024);
+    pb::DesiredServer {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        project_id: s.project_id.clone(),
+        vcpus: f.vcpus,
+        ram_mib: f.ram_mib,
+        root_disk_gib: s.claim.disk_gib.saturating_sub(extra_gib),
+        ephemeral_gib: f.ephemeral_gib,
+        swap_mib: f.swap_mib,
+        extra_specs: f.extra_specs.clone().into_iter().collect(),
+        image_id: s.image.id.clone(),
+        image_sha256: s.image.sha256.clone(),
+        image_size_bytes: s.image.size_bytes,
+        image_disk_format: super::convert::disk_format(s.image.disk_format) as i32,
+        placement_generation: generation,
+        power_state: match s.desired_power {
+            DesiredPower::Running => pb::ServerPowerState::Running,
+            DesiredPower::Shutdown => pb::ServerPowerState::Shutdown,
+        } as i32,
+        ports: vec![],
+        console_log_path: String::new(),
+        user_data: s.user_data.clone(),
+        metadata: s.metadata.clone().into_iter().collect(),
+        incoming_migration: incoming,
     }
 }
 
@@ -195,11 +205,36 @@ impl AgentApi {
                         tracing::debug!(host = %host_id, "an observed report was not applied: {}", e.message());
                     }
                 }
-                Some(In::StepResult(r)) if r.finished => {
-                    let cmd = Command::OperationStepResult {
+                Some(In::StepResult(r)) if !r.finished => {
+                    let Some(p) = r.progress else { continue };
+                    let cmd = Command::OperationProgress {
                         operation_id: r.operation_id,
-                        ok: r.ok,
-                        message: r.message,
+                        step: r.step,
+                        progress: Progress {
+                            phase: p.phase,
+                            percent: p.percent.min(100),
+                            bytes_done: p.bytes_done,
+                            bytes_total: p.bytes_total,
+                        },
+                    };
+                    if let Err(e) = self.api.propose(String::new(), actor.clone(), cmd).await {
+                        tracing::debug!(host = %host_id, "a progress report was not applied: {}", e.message());
+                    }
+                }
+                Some(In::StepResult(r)) => {
+                    let cmd = if super::move_duties::is_migration_step(&r.step) {
+                        Command::MigrationStep {
+                            operation_id: r.operation_id,
+                            step: r.step,
+                            ok: r.ok,
+                            message: r.message,
+                        }
+                    } else {
+                        Command::OperationStepResult {
+                            operation_id: r.operation_id,
+                            ok: r.ok,
+                            message: r.message,
+                        }
                     };
                     if let Err(e) = self.api.propose(String::new(), actor.clone(), cmd).await {
                         tracing::debug!(host = %host_id, "a step result was not applied: {}", e.message());

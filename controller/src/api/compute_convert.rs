@@ -2,7 +2,7 @@
 use flotilla_proto::v1 as pb;
 
 use super::convert::meta;
-use crate::state::{Host, OpState, Operation, PowerState, Server, ServerStatus, State};
+use crate::state::{Host, ItemState, OpState, Operation, PowerState, Server, ServerStatus, State};
 
 pub fn status(s: ServerStatus) -> pb::ServerStatus {
     match s {
@@ -14,6 +14,7 @@ pub fn status(s: ServerStatus) -> pb::ServerStatus {
         ServerStatus::Error => pb::ServerStatus::Error,
         ServerStatus::Deleting => pb::ServerStatus::Deleted,
         ServerStatus::Rebuild => pb::ServerStatus::Rebuild,
+        ServerStatus::Migrating => pb::ServerStatus::Migrating,
     }
 }
 
@@ -79,11 +80,24 @@ pub fn server(state: &State, s: &Server) -> pb::Server {
     }
 }
 
-pub fn op_state(s: OpState) -> pb::OperationState {
-    match s {
+pub fn op_state(o: &Operation) -> pb::OperationState {
+    match o.state {
+        OpState::Running if o.cancel_requested => pb::OperationState::Cancelling,
         OpState::Running => pb::OperationState::Running,
         OpState::Succeeded => pb::OperationState::Succeeded,
         OpState::Failed => pb::OperationState::Failed,
+        OpState::Cancelled => pb::OperationState::Cancelled,
+        OpState::PartiallySucceeded => pb::OperationState::PartiallySucceeded,
+    }
+}
+
+fn item_state(s: ItemState) -> pb::OperationState {
+    match s {
+        ItemState::Pending => pb::OperationState::Pending,
+        ItemState::Running => pb::OperationState::Running,
+        ItemState::Succeeded => pb::OperationState::Succeeded,
+        ItemState::Failed => pb::OperationState::Failed,
+        ItemState::Cancelled => pb::OperationState::Cancelled,
     }
 }
 
@@ -98,14 +112,16 @@ pub fn action(o: &Operation) -> pb::ServerAction {
         result: match o.state {
             OpState::Running => pb::ServerActionResult::InProgress,
             OpState::Succeeded => pb::ServerActionResult::Success,
-            OpState::Failed => pb::ServerActionResult::Error,
+            OpState::Failed | OpState::PartiallySucceeded => pb::ServerActionResult::Error,
+            OpState::Cancelled => pb::ServerActionResult::Cancelled,
         } as i32,
         message: o.message.clone(),
         operation_id: o.id.clone(),
     }
 }
 
-pub fn operation(o: &Operation) -> pb::Operation {
+pub fn operation(state: &State, o: &Operation) -> pb::Operation {
+    let failed = matches!(o.state, OpState::Failed | OpState::Cancelled);
     pb::Operation {
         id: o.id.clone(),
         kind: o.kind.clone(),
@@ -114,24 +130,43 @@ pub fn operation(o: &Operation) -> pb::Operation {
         project_id: o.project_id.clone(),
         user_id: o.actor.clone(),
         request_id: o.request_id.clone(),
-        state: op_state(o.state) as i32,
+        state: op_state(o) as i32,
         step: o.step.clone(),
-        progress: None,
-        message: if o.state == OpState::Failed {
+        progress: o.progress.as_ref().map(|p| pb::OperationProgress {
+            phase: p.phase.clone(),
+            percent: p.percent,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+        }),
+        message: if failed {
             String::new()
         } else {
             o.message.clone()
         },
-        error: if o.state == OpState::Failed {
+        error: if failed {
             o.message.clone()
         } else {
             String::new()
         },
-        cancellable: false,
+        cancellable: crate::state::cancellable(o),
         started_at_ms: o.started_at_ms,
         finished_at_ms: o.finished_at_ms,
-        items: vec![],
-        parent_id: String::new(),
+        items: o
+            .items
+            .iter()
+            .map(|i| pb::OperationItemResult {
+                resource_id: i.server_id.clone(),
+                resource_name: i.server_name.clone(),
+                state: item_state(i.state) as i32,
+                message: i.message.clone(),
+                destination: state
+                    .host(&i.destination_host_id)
+                    .map(|h| h.info.hostname.clone())
+                    .unwrap_or_default(),
+                operation_id: i.operation_id.clone(),
+            })
+            .collect(),
+        parent_id: o.parent_id.clone(),
         meta: Some(meta(&o.meta)),
     }
 }

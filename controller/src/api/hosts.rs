@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::agent_hub::AgentHub;
 use super::authz::Action;
+use super::server_moves::{move_host, HostMove};
 use super::{allow, auth::principal, compute_convert as cc, page_size, paginate, required, Api};
 use crate::state::{Command, Host, Outcome, State};
 
@@ -16,6 +17,7 @@ use crate::state::{Command, Host, Outcome, State};
 pub struct HostApi {
     pub api: Api,
     pub hub: Arc<AgentHub>,
+    pub ratios: crate::scheduler::AllocationRatios,
 }
 
 fn find<'s>(state: &'s State, key: &str) -> Result<&'s Host, Status> {
@@ -131,5 +133,47 @@ impl HostService for HostApi {
             forced_down: r.forced_down,
         };
         self.change(r.request_id, p.name, cmd).await
+    }
+
+    async fn evacuate_host(
+        &self,
+        req: Request<pb::EvacuateHostRequest>,
+    ) -> Result<Response<pb::EvacuateHostResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        required("host", &r.host)?;
+        let m = HostMove {
+            request_id: r.request_id,
+            host: &r.host,
+            target_host: &r.target_host,
+            live: r.live,
+            drain: false,
+            parallel: r.parallel,
+            dry_run: r.dry_run,
+        };
+        Ok(Response::new(
+            move_host(&self.api, &self.ratios, p, m).await?,
+        ))
+    }
+
+    async fn drain_host(
+        &self,
+        req: Request<pb::DrainHostRequest>,
+    ) -> Result<Response<pb::EvacuateHostResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        required("host", &r.host)?;
+        let m = HostMove {
+            request_id: r.request_id,
+            host: &r.host,
+            target_host: "",
+            live: r.live,
+            drain: true,
+            parallel: r.parallel,
+            dry_run: r.dry_run,
+        };
+        Ok(Response::new(
+            move_host(&self.api, &self.ratios, p, m).await?,
+        ))
     }
 }

@@ -2,7 +2,7 @@
 //! ([`auth`]), errors are mapped to `Status` in one place ([`error`]), and proto↔domain
 //! conversion lives in [`convert`].
 pub mod agent_hub;
-mod agents;
+pub(crate) mod agents;
 pub mod auth;
 pub mod authz;
 mod cluster;
@@ -16,12 +16,14 @@ mod identity;
 mod image;
 pub mod image_maintenance;
 pub(crate) mod image_transfer;
+mod move_duties;
 mod operations;
 pub mod password;
 mod quota;
 #[cfg(test)]
 mod rbac_tests;
 mod server_groups;
+mod server_moves;
 mod servers;
 pub mod token;
 mod tokens;

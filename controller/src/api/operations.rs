@@ -9,9 +9,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::authz::Principal;
-use super::{auth::principal, compute_convert as cc, page_size, paginate, required, Api};
-use crate::state::{Operation, State};
+use super::authz::{Action, Principal};
+use super::{allow, auth::principal, compute_convert as cc, page_size, paginate, required, Api};
+use crate::state::{Command, Operation, Outcome, State};
 
 type OpStream = Pin<Box<dyn Stream<Item = Result<pb::Operation, Status>> + Send>>;
 
@@ -67,13 +67,14 @@ impl OperationService for OperationApi {
                     && project.as_ref().is_none_or(|id| &o.project_id == id)
                     && (r.resource_id.is_empty() || o.resource_id == r.resource_id)
                     && (r.kind.is_empty() || o.kind == r.kind)
-                    && (r.states.is_empty() || r.states.contains(&(cc::op_state(o.state) as i32)))
+                    && (r.parent_id.is_empty() || o.parent_id == r.parent_id)
+                    && (r.states.is_empty() || r.states.contains(&(cc::op_state(o) as i32)))
             }),
             page_size(r.page_size),
             |o| o.id.clone(),
         );
         Ok(Response::new(pb::ListOperationsResponse {
-            operations: page.into_iter().map(cc::operation).collect(),
+            operations: page.into_iter().map(|o| cc::operation(&state, o)).collect(),
             next_page_token: next,
         }))
     }
@@ -85,11 +86,8 @@ impl OperationService for OperationApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let state = self.0.read(r.stale).await?;
-        Ok(Response::new(cc::operation(find(
-            &state,
-            &p,
-            &r.operation_id,
-        )?)))
+        let op = find(&state, &p, &r.operation_id)?;
+        Ok(Response::new(cc::operation(&state, op)))
     }
 
     /// The operation now, then again on every change, until it has finished.
@@ -109,7 +107,12 @@ impl OperationService for OperationApi {
             let mut revisions = node.revisions();
             let mut last: Option<pb::Operation> = None;
             loop {
-                let now = node.state().operation(&r.operation_id).map(cc::operation);
+                let now = {
+                    let state = node.state();
+                    state
+                        .operation(&r.operation_id)
+                        .map(|o| cc::operation(&state, o))
+                };
                 let Some(op) = now else {
                     let _ = tx
                         .send(Err(Status::not_found("the operation was forgotten")))
@@ -133,5 +136,35 @@ impl OperationService for OperationApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_operation(
+        &self,
+        req: Request<pb::CancelOperationRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        {
+            let state = self.0.read(false).await?;
+            let op = find(&state, &p, &r.operation_id)?;
+            // Moving servers between hosts is the operator's business (as in Nova); so is
+            // stopping it.
+            allow(&p, Action::ClusterAdmin, None).map_err(|_| {
+                Status::permission_denied(format!(
+                    "only administrators may cancel a {} operation",
+                    op.kind
+                ))
+            })?;
+        }
+        let cmd = Command::CancelOperation {
+            operation_id: r.operation_id,
+        };
+        match self.0.propose(r.request_id, p.name, cmd).await? {
+            Outcome::Operation(op) => {
+                let state = self.0.node.state();
+                Ok(Response::new(cc::operation(&state, &op)))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 }

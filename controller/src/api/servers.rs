@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 
 use super::agent_hub::AgentHub;
 use super::authz::{Action, Principal};
+use super::move_duties::Method;
+use super::server_moves::MoveRequest;
 use super::{
     allow, auth::principal, compute_convert as cc, new_id, page_size, paginate, required, Api,
 };
@@ -39,7 +41,11 @@ fn visible(p: &Principal, s: &Server) -> bool {
 }
 
 /// A server the caller can see, by id or by a name unique among those it can see.
-fn resolve<'s>(state: &'s State, p: &Principal, key: &str) -> Result<&'s Server, Status> {
+pub(super) fn resolve<'s>(
+    state: &'s State,
+    p: &Principal,
+    key: &str,
+) -> Result<&'s Server, Status> {
     required("server", key)?;
     if let Some(s) = state.server(key).filter(|s| visible(p, s)) {
         return Ok(s);
@@ -60,7 +66,7 @@ fn operation_ref(id: String) -> Response<pb::OperationRef> {
 
 impl ServerApi {
     /// Resolves a server the caller may act on with `request`, then proposes it.
-    async fn request(
+    pub(super) async fn request(
         &self,
         p: Principal,
         request_id: String,
@@ -569,6 +575,60 @@ impl ServerService for ServerApi {
                 answer.error
             ))),
         }
+    }
+
+    async fn migrate_server(
+        &self,
+        req: Request<pb::MigrateServerRequest>,
+    ) -> Result<Response<pb::OperationRef>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let m = MoveRequest {
+            request_id: r.request_id,
+            server: &r.server,
+            host: &r.host,
+            method: Method::Cold,
+            block_migration: None,
+            timeout_seconds: 0,
+            force: false,
+        };
+        Ok(Response::new(self.move_server(p, m).await?))
+    }
+
+    async fn live_migrate_server(
+        &self,
+        req: Request<pb::LiveMigrateServerRequest>,
+    ) -> Result<Response<pb::OperationRef>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let m = MoveRequest {
+            request_id: r.request_id,
+            server: &r.server,
+            host: &r.host,
+            method: Method::Live,
+            block_migration: r.block_migration,
+            timeout_seconds: r.timeout_seconds,
+            force: false,
+        };
+        Ok(Response::new(self.move_server(p, m).await?))
+    }
+
+    async fn evacuate_server(
+        &self,
+        req: Request<pb::EvacuateServerRequest>,
+    ) -> Result<Response<pb::OperationRef>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let m = MoveRequest {
+            request_id: r.request_id,
+            server: &r.server,
+            host: &r.host,
+            method: Method::Rebuild,
+            block_migration: None,
+            timeout_seconds: 0,
+            force: r.force,
+        };
+        Ok(Response::new(self.move_server(p, m).await?))
     }
 }
 

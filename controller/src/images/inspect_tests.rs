@@ -9,19 +9,30 @@ use super::*;
 const MIB: u64 = 1 << 20;
 
 /// Runs `qemu-img <args>` in `dir`, failing the test clearly if qemu-img is missing or fails.
+/// Creating a LUKS image times PBKDF iterations on the thread's CPU clock, which qemu-img
+/// sometimes cannot read on a busy virtual machine ("Unable to get accurate CPU usage"): that
+/// attempt is repeated.
 fn qemu_img(dir: &Path, args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("qemu-img is required by these tests (apt-get install qemu-utils): {e}")
-        });
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let out = Command::new("qemu-img")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("qemu-img is required by these tests (apt-get install qemu-utils): {e}")
+            });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success()
+            && stderr.contains("Unable to get accurate CPU usage")
+            && attempts < 20
+        {
+            continue;
+        }
+        assert!(out.status.success(), "qemu-img {args:?} failed: {stderr}");
+        return;
+    }
 }
 
 /// A tempdir holding a clean 1 MiB qcow2 named `clean.qcow2`.

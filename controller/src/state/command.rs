@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::host_jobs::{HostJobSpec, ItemStart};
 use super::hosts::HostRegistration;
 use super::images::{ImageChanges, ImageSpec, UploadResult};
 use super::model::{Member, Role};
+use super::operations::Progress;
 use super::quota::{Amounts, Resource};
 use super::server_groups::ServerGroupSpec;
 use super::servers::{NewServer, ObservedServer, ServerRequest};
@@ -232,6 +234,37 @@ pub enum Command {
     DeleteServerGroup {
         group_id: String,
     },
+    /// An agent finished a step of a migration (`step` names which; a result for a step the
+    /// operation is no longer at is ignored). A prepared destination's domain XML comes as the
+    /// message of a successful "prepare_destination".
+    MigrationStep {
+        operation_id: String,
+        step: String,
+        ok: bool,
+        message: String,
+    },
+    /// Progress an agent reported for the step an operation is at.
+    OperationProgress {
+        operation_id: String,
+        step: String,
+        progress: Progress,
+    },
+    /// Asks a running operation to stop at its next safe point.
+    CancelOperation {
+        operation_id: String,
+    },
+    /// Starts a host evacuation or drain: one item per server on the host, moved later by
+    /// [`Command::AdvanceHostJob`] within the job's parallelism.
+    StartHostJob {
+        operation_id: String,
+        host_id: String,
+        job: HostJobSpec,
+    },
+    /// The leader starts the next items of a host job on the destinations it picked.
+    AdvanceHostJob {
+        operation_id: String,
+        starts: Vec<ItemStart>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,6 +323,11 @@ impl Command {
             Command::OperationStepResult { .. } => "operation_step_result",
             Command::CreateServerGroup(_) => "create_server_group",
             Command::DeleteServerGroup { .. } => "delete_server_group",
+            Command::MigrationStep { .. } => "migration_step",
+            Command::OperationProgress { .. } => "operation_progress",
+            Command::CancelOperation { .. } => "cancel_operation",
+            Command::StartHostJob { .. } => "start_host_job",
+            Command::AdvanceHostJob { .. } => "advance_host_job",
         }
     }
 }

@@ -108,7 +108,10 @@ impl State {
                 }
                 host.up = false;
                 host.down_since_ms = env.time_ms;
-                self.store_host(revision, env, host)
+                let id = host.id.clone();
+                let stored = self.store_host(revision, env, host);
+                self.abandon_migrations_of(revision, env, &id);
+                stored
             }
             Command::SetHostEnabled {
                 host,
@@ -134,7 +137,12 @@ impl State {
                 if !*forced_down && next.up {
                     next.down_since_ms = 0;
                 }
-                self.store_host(revision, env, next)
+                let id = next.id.clone();
+                let stored = self.store_host(revision, env, next);
+                if *forced_down {
+                    self.abandon_migrations_of(revision, env, &id);
+                }
+                stored
             }
             _ => unreachable!("apply_host called with a non-host command"),
         }
@@ -145,7 +153,7 @@ impl State {
             .ok_or_else(|| Rejection::not_found("host", key))
     }
 
-    fn store_host(&mut self, revision: u64, env: &Envelope, mut next: Host) -> Applied {
+    pub(super) fn store_host(&mut self, revision: u64, env: &Envelope, mut next: Host) -> Applied {
         if self.hosts.get(&next.id) == Some(&next) {
             return Ok((Outcome::Host(Box::new(next)), None));
         }

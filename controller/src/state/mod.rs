@@ -7,9 +7,11 @@
 mod capacity;
 mod command;
 mod flavors;
+mod host_jobs;
 mod hosts;
 mod identity;
 mod images;
+mod migrations;
 mod model;
 mod operations;
 mod outcome;
@@ -28,16 +30,18 @@ use sha2::{Digest, Sha256};
 
 pub use capacity::{host_view, request_for as placement_request};
 pub use command::{Command, DecodeError, Envelope, FlavorSpec, FORMAT_VERSION};
+pub use host_jobs::{HostJob, HostJobSpec, ItemStart, DEFAULT_PARALLEL};
 pub use hosts::{Capacity, Host, HostRegistration};
 pub use identity::{MAX_SIGNING_KEYS, MAX_TOKEN_LIFETIME_MS};
 pub use images::{
     ContainerFormat, DiskFormat, Image, ImageChanges, ImageSpec, ImageStatus, ImageUpload,
     UploadResult, Visibility,
 };
+pub use migrations::{cancellable, Migration, MoveSpec};
 pub use model::{
     Event, EventAction, Flavor, Member, Meta, Project, Role, RoleAssignment, SigningKey, User,
 };
-pub use operations::{OpState, Operation};
+pub use operations::{ItemState, OpItem, OpState, Operation, Progress};
 pub use outcome::{Outcome, Rejection};
 pub use quota::{
     admit, validate_limits, Amounts, ProjectQuota, QuotaExceeded, QuotaItem, Resource,
@@ -52,7 +56,7 @@ pub use servers::{
 
 /// Format of encoded snapshots of [`State`]. 2: identity and quotas were added. 3: images.
 /// 4: hosts, servers, operations. 5: server groups (and each server's group id).
-pub const STATE_FORMAT_VERSION: u8 = 5;
+pub const STATE_FORMAT_VERSION: u8 = 6;
 
 /// Events kept for watchers that resume from an old revision.
 pub const EVENT_RETENTION: usize = 20_000;
@@ -127,6 +131,9 @@ pub struct State {
     /// Host id → ids of the servers placed there.
     #[serde(skip)]
     servers_by_host: BTreeMap<String, BTreeSet<String>>,
+    /// Ids of the servers with a migration under way.
+    #[serde(skip)]
+    migrating: BTreeSet<String>,
     /// Further changes of the entry being applied (one revision, several events).
     #[serde(skip)]
     more_changes: Vec<Change<'static>>,
@@ -200,6 +207,12 @@ impl State {
             | Command::ServerRequest { .. }
             | Command::RescheduleServer { .. }
             | Command::OperationStepResult { .. } => self.apply_server(revision, env),
+            Command::MigrationStep { .. }
+            | Command::OperationProgress { .. }
+            | Command::CancelOperation { .. } => self.apply_migration(revision, env),
+            Command::StartHostJob { .. } | Command::AdvanceHostJob { .. } => {
+                self.apply_host_job(revision, env)
+            }
             Command::CreateServerGroup(_) | Command::DeleteServerGroup { .. } => {
                 self.apply_server_group(revision, env)
             }
@@ -416,6 +429,12 @@ impl State {
             .hosts
             .values()
             .map(|h| (h.info.hostname.clone(), h.id.clone()))
+            .collect();
+        state.migrating = state
+            .servers
+            .values()
+            .filter(|s| s.migration.is_some())
+            .map(|s| s.id.clone())
             .collect();
         for s in state.servers.values() {
             state

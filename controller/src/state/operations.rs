@@ -15,6 +15,9 @@ pub enum OpState {
     Running,
     Succeeded,
     Failed,
+    Cancelled,
+    /// A multi-server operation with some items failed.
+    PartiallySucceeded,
 }
 
 impl OpState {
@@ -23,7 +26,7 @@ impl OpState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Operation {
     pub id: String,
     /// What it does: "create", "start", "stop", "reboot", "reboot --hard", "delete", …
@@ -43,6 +46,54 @@ pub struct Operation {
     pub started_at_ms: i64,
     pub finished_at_ms: i64,
     pub meta: Meta,
+    /// The host operation this one is an item of; empty at the top level.
+    pub parent_id: String,
+    /// Progress of the current step, as the agent last reported it.
+    pub progress: Option<Progress>,
+    /// A cancel was asked for; the executor winds the operation down.
+    pub cancel_requested: bool,
+    /// Per-server outcomes of a host evacuation or drain.
+    pub items: Vec<OpItem>,
+    /// What a host evacuation or drain does; `None` for other operations.
+    pub job: Option<super::host_jobs::HostJob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: String,
+    pub percent: u32,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ItemState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl ItemState {
+    pub fn finished(self) -> bool {
+        !matches!(self, ItemState::Pending | ItemState::Running)
+    }
+}
+
+/// One server of a host evacuation or drain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpItem {
+    pub server_id: String,
+    pub server_name: String,
+    /// "rebuild", "live_migrate" or "cold_migrate".
+    pub method: String,
+    pub state: ItemState,
+    pub message: String,
+    /// Host it goes to; empty until it starts.
+    pub destination_host_id: String,
+    /// The operation moving it; empty until it starts.
+    pub operation_id: String,
 }
 
 /// The fields an operation starts with.
@@ -73,6 +124,11 @@ impl State {
             started_at_ms: env.time_ms,
             finished_at_ms: 0,
             meta: Meta::new(revision, env.time_ms),
+            parent_id: String::new(),
+            progress: None,
+            cancel_requested: false,
+            items: Vec::new(),
+            job: None,
         };
         self.operations.insert(op.id.clone(), op);
     }
@@ -96,26 +152,47 @@ impl State {
         ok: bool,
         message: &str,
     ) {
+        let state = if ok {
+            OpState::Succeeded
+        } else {
+            OpState::Failed
+        };
+        self.finish_operation_as(revision, env, id, state, message);
+    }
+
+    /// Ends a running operation in `state`; an item of a host operation reports to its parent.
+    pub(super) fn finish_operation_as(
+        &mut self,
+        revision: u64,
+        env: &Envelope,
+        id: &str,
+        state: OpState,
+        message: &str,
+    ) {
         let Some(op) = self.operations.get_mut(id) else {
             return;
         };
         if op.state.finished() {
             return;
         }
-        op.state = if ok {
-            OpState::Succeeded
-        } else {
-            OpState::Failed
-        };
+        op.state = state;
         op.message = message.to_owned();
-        op.step = if ok { "done".into() } else { op.step.clone() };
+        if state == OpState::Succeeded {
+            op.step = "done".into();
+        }
+        op.progress = None;
         op.finished_at_ms = env.time_ms;
         op.meta.touch(revision, env.time_ms);
+        let parent = op.parent_id.clone();
+        let resource = op.resource_id.clone();
         self.finished_operations.push_back(id.to_owned());
         while self.finished_operations.len() > FINISHED_OPERATION_RETENTION {
             if let Some(old) = self.finished_operations.pop_front() {
                 self.operations.remove(&old);
             }
+        }
+        if !parent.is_empty() {
+            self.item_finished(revision, env, &parent, &resource, state, message);
         }
     }
 

@@ -30,6 +30,7 @@ pub enum Outcome {
         changed: usize,
     },
     ServerGroup(ServerGroup),
+    Operation(Box<super::Operation>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

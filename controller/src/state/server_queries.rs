@@ -22,6 +22,20 @@ impl State {
             .filter(|s| s.status != ServerStatus::Deleting)
     }
 
+    /// Servers with a migration under way.
+    pub fn migrating_servers(&self) -> impl Iterator<Item = &Server> {
+        self.migrating.iter().filter_map(|id| self.servers.get(id))
+    }
+
+    /// Servers being migrated to the host.
+    pub fn migrating_to<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a Server> + 'a {
+        self.migrating_servers().filter(move |s| {
+            s.migration
+                .as_ref()
+                .is_some_and(|m| m.destination_host_id == host_id)
+        })
+    }
+
     /// How many servers are placed on the host.
     pub fn server_count(&self, host_id: &str) -> usize {
         self.servers_by_host.get(host_id).map_or(0, |s| s.len())

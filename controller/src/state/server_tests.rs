@@ -657,3 +657,6 @@ fn deleted_servers_leave_their_group_and_a_group_with_members_can_be_deleted() {
     let replica = State::decode(&log.state.encode()).expect("decodes");
     assert_eq!(replica.checksum(), log.state.checksum());
 }
+
+#[path = "move_tests.rs"]
+mod move_tests;

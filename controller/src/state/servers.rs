@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::capacity;
 use super::hosts::{Capacity, Host};
 use super::images::{DiskFormat, ImageStatus};
+use super::migrations::{Migration, MoveSpec};
 use super::operations::NewOperation;
 use super::quota::{Resource, ResourceDelta};
 use super::{validate, Change, Command, Envelope, EventAction, Meta, Outcome, Rejection, State};
@@ -36,6 +37,7 @@ pub enum ServerStatus {
     Error,
     Deleting,
     Rebuild,
+    Migrating,
 }
 
 impl ServerStatus {
@@ -49,6 +51,7 @@ impl ServerStatus {
             ServerStatus::Error => "ERROR",
             ServerStatus::Deleting => "DELETING",
             ServerStatus::Rebuild => "REBUILD",
+            ServerStatus::Migrating => "MIGRATING",
         }
     }
 }
@@ -150,6 +153,8 @@ pub struct Server {
     /// The server group it belongs to; empty when none.
     pub group_id: String,
     pub meta: Meta,
+    /// A live or cold migration under way.
+    pub migration: Option<Migration>,
 }
 
 /// One server of a create, placed by the proposer's scheduler run.
@@ -181,7 +186,7 @@ pub struct ObservedServer {
 }
 
 /// A change a user asks for; the proposer stamps the operation id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerRequest {
     Start,
     Stop,
@@ -199,6 +204,10 @@ pub enum ServerRequest {
     },
     /// Save the root disk as a new image (created SAVING in the same apply).
     Snapshot(SnapshotSpec),
+    /// Live or cold migration to `host_id` (the source host must be up).
+    Migrate(MoveSpec),
+    /// Rebuild on `host_id` from its image, off a DOWN host (I7).
+    Evacuate(MoveSpec),
 }
 
 /// A server image (`server image create`) or a backup (`server backup`).
@@ -224,6 +233,9 @@ impl ServerRequest {
             ServerRequest::Rebuild { .. } => "rebuild",
             ServerRequest::Snapshot(SnapshotSpec { backup: None, .. }) => "image create",
             ServerRequest::Snapshot(_) => "backup",
+            ServerRequest::Migrate(MoveSpec { live: true, .. }) => "live_migrate",
+            ServerRequest::Migrate(_) => "migrate",
+            ServerRequest::Evacuate(_) => "evacuate",
         }
     }
 }
@@ -374,6 +386,7 @@ impl State {
                 operation_ids: vec![s.operation_id.clone()],
                 group_id: s.group_id.clone(),
                 meta: Meta::new(revision, env.time_ms),
+                migration: None,
             };
             self.start_operation(
                 revision,
@@ -471,6 +484,24 @@ impl State {
             ServerRequest::Snapshot(_) => {
                 return refuse(&s, "saving an image", "an ACTIVE or SHUTOFF server")
             }
+            ServerRequest::Migrate(m)
+                if idle
+                    && (s.status == ServerStatus::Active
+                        || (!m.live && s.status == ServerStatus::Shutoff)) =>
+            {
+                self.check_migration(&s, m)?;
+                "prepare_destination"
+            }
+            ServerRequest::Migrate(MoveSpec { live: true, .. }) => {
+                return refuse(&s, "live migration", "an ACTIVE server")
+            }
+            ServerRequest::Migrate(_) => {
+                return refuse(&s, "migration", "an ACTIVE or SHUTOFF server")
+            }
+            ServerRequest::Evacuate(m) => {
+                self.check_evacuation(&s, m)?;
+                "rebuild_spawning"
+            }
         };
         // A request replaces what was under way (a hard reboot a stuck soft one, a delete
         // anything): the replaced operation ends as failed, saying why.
@@ -516,13 +547,25 @@ impl State {
                 };
                 s.desired_power = DesiredPower::Running;
             }
-            ServerRequest::Delete => s.status = ServerStatus::Deleting,
+            ServerRequest::Delete => {
+                // A migration under way ends here: its destination claim goes back.
+                if let Some(m) = s.migration.take() {
+                    self.account_host(&m.destination_host_id, s.claim, true);
+                }
+                s.status = ServerStatus::Deleting;
+            }
             ServerRequest::Rebuild { image_id } => self.begin_rebuild(&mut s, image_id),
             ServerRequest::Snapshot(spec) => {
                 self.begin_snapshot(revision, env, &s, operation_id, spec)
             }
+            ServerRequest::Migrate(m) | ServerRequest::Evacuate(m) => {
+                self.begin_move(&mut s, operation_id, request, m)
+            }
         }
-        s.task_state = step.into();
+        s.task_state = match request {
+            ServerRequest::Migrate(_) => "migrating".into(),
+            _ => step.into(),
+        };
         s.current_operation_id = operation_id.to_owned();
         if matches!(request, ServerRequest::Delete) {
             // Nothing runs it (no host, or its host is down: its agent destroys the stale copy
@@ -631,6 +674,9 @@ impl State {
             return s;
         };
         s.power_state = seen.power;
+        if self.advance_move(revision, env, &mut s, seen) {
+            return s;
+        }
         let op = s.current_operation_id.clone();
         if !seen.error.is_empty() {
             s.fault = Some(Fault {
@@ -722,6 +768,7 @@ impl State {
         self.account_host(&s.host_id, s.claim, true);
         self.release(&s.project_id, &s.flavor.quota());
         self.servers.remove(&s.id);
+        self.migrating.remove(&s.id);
         self.index_server(&s.host_id, &s.id, false);
         self.index_group_member(&s.group_id, &s.id, false);
         (Outcome::Deleted, Some(change(&s, EventAction::Deleted)))
@@ -733,7 +780,7 @@ impl State {
             .ok_or_else(|| Rejection::not_found("server", id))
     }
 
-    fn schedulable_host(&self, id: &str) -> Result<&Host, Rejection> {
+    pub(super) fn schedulable_host(&self, id: &str) -> Result<&Host, Rejection> {
         let host = self
             .hosts
             .get(id)
@@ -764,6 +811,11 @@ impl State {
             }
             self.index_server(&next.host_id, &next.id, true);
         }
+        if next.migration.is_some() {
+            self.migrating.insert(next.id.clone());
+        } else {
+            self.migrating.remove(&next.id);
+        }
         self.servers.insert(next.id.clone(), next.clone());
         let change = change(&next, EventAction::Updated);
         Ok((Outcome::Server(Box::new(next)), Some(change)))
@@ -771,7 +823,7 @@ impl State {
 }
 
 /// The capacity re-check of a placement, with the scheduler's own filters (I3).
-fn check_fits(
+pub(super) fn check_fits(
     host: &HostView,
     ratios: &AllocationRatios,
     request: &PlacementRequest,
@@ -784,7 +836,7 @@ fn check_fits(
     })
 }
 
-fn push_operation(s: &mut Server, op_id: &str) {
+pub(super) fn push_operation(s: &mut Server, op_id: &str) {
     s.operation_ids.push(op_id.to_owned());
     if s.operation_ids.len() > MAX_ACTIONS_PER_SERVER {
         s.operation_ids.remove(0);
