@@ -19,6 +19,7 @@ mod projects;
 mod quota;
 mod server_groups;
 mod server_queries;
+mod server_reports;
 mod server_steps;
 mod servers;
 pub mod validate;
