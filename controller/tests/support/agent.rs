@@ -35,6 +35,11 @@ pub struct Shared {
     /// Desired states are taken in but not acted on until cleared (a slow boot).
     pub hold: bool,
     pub commands: Vec<pb::AgentCommand>,
+    /// Command step name → the error to answer it with (e.g. "migrate").
+    pub fail_steps: BTreeMap<String, String>,
+    /// Command steps taken in but not answered (a migration still copying); an
+    /// "abort_migration" ends a muted "migrate" of its operation as libvirt's abort would.
+    pub mute_steps: std::collections::BTreeSet<String>,
     pub registered: u32,
     /// Converge and report on the next heartbeat tick.
     pub resend: bool,
@@ -131,7 +136,13 @@ fn converge(shared: &mut Shared) {
     if shared.hold {
         return;
     }
-    let wanted: BTreeMap<_, _> = desired.servers.iter().map(|s| (s.id.clone(), s)).collect();
+    // A server being migrated in is the migration's business until ownership moves.
+    let wanted: BTreeMap<_, _> = desired
+        .servers
+        .iter()
+        .filter(|s| !s.incoming_migration)
+        .map(|s| (s.id.clone(), s))
+        .collect();
     shared.local.retain(|id, l| {
         wanted
             .get(id)
@@ -221,14 +232,35 @@ async fn session(hostname: &str, address: &str, state: &Arc<Mutex<Shared>>) -> O
                         }
                         Some(Out::Command(c)) => {
                             s.commands.push(c.clone());
+                            if c.step == "abort_migration" {
+                                s.mute_steps.remove("migrate");
+                                Some(In::StepResult(pb::AgentStepResult {
+                                    operation_id: c.operation_id,
+                                    step: "migrate".into(),
+                                    finished: true,
+                                    ok: false,
+                                    message: "migration job: operation aborted".into(),
+                                    progress: None,
+                                }))
+                            } else if s.mute_steps.contains(&c.step) {
+                                None
+                            } else {
+                            let failure = s.fail_steps.get(&c.step).cloned();
+                            let message = match (&failure, c.step.as_str()) {
+                                (Some(why), _) => why.clone(),
+                                // A destination answers with the domain XML it wants.
+                                (None, "prepare_destination") => "<domain type='qemu'/>".into(),
+                                (None, _) => String::new(),
+                            };
                             Some(In::StepResult(pb::AgentStepResult {
                                 operation_id: c.operation_id,
                                 step: c.step,
                                 finished: true,
-                                ok: true,
-                                message: String::new(),
+                                ok: failure.is_none(),
+                                message,
                                 progress: None,
                             }))
+                            }
                         }
                         Some(Out::LeaseRevoked(_)) => return None,
                         _ => None,

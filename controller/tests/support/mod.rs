@@ -21,6 +21,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 pub mod agent;
+pub mod compute;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
