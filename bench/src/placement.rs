@@ -40,14 +40,25 @@ pub struct PlacementReport {
     pub first_failure: String,
 }
 
-fn authed<T>(msg: T, auth: &MetadataValue<Ascii>) -> tonic::Request<T> {
+pub(crate) fn authed<T>(msg: T, auth: &MetadataValue<Ascii>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert("authorization", auth.clone());
     r
 }
 
-/// One simulated agent: registers, heartbeats, and reports every desired server as running.
+/// One simulated agent with the capacity of a big compute host.
 async fn agent(name: String, peers: Vec<String>, registered: mpsc::Sender<()>) {
+    sim_agent(name, peers, registered, 64).await
+}
+
+/// One simulated agent: registers, heartbeats, and reports every desired server as running
+/// (a server being migrated in is left to the migration, as a real agent does).
+pub(crate) async fn sim_agent(
+    name: String,
+    peers: Vec<String>,
+    registered: mpsc::Sender<()>,
+    vcpus: u32,
+) {
     let mut next = 0usize;
     let mut told = false;
     loop {
@@ -59,9 +70,9 @@ async fn agent(name: String, peers: Vec<String>, registered: mpsc::Sender<()>) {
                 hostname: name.clone(),
                 address: "127.0.0.1".into(),
                 capacity: Some(pb::HostCapacity {
-                    vcpus: 64,
-                    ram_mib: 256 * 1024,
-                    disk_gib: 2000,
+                    vcpus,
+                    ram_mib: 4096 * vcpus as u64,
+                    disk_gib: 32 * vcpus as u64,
                 }),
                 hypervisor_type: "qemu".into(),
                 hypervisor_version: "bench".into(),
@@ -98,7 +109,7 @@ async fn agent(name: String, peers: Vec<String>, registered: mpsc::Sender<()>) {
                             }
                         }
                         Some(Out::DesiredState(d)) => {
-                            let servers = d.servers.iter().map(|s| pb::ObservedServer {
+                            let servers = d.servers.iter().filter(|s| !s.incoming_migration).map(|s| pb::ObservedServer {
                                 id: s.id.clone(),
                                 state: s.power_state,
                                 placement_generation: s.placement_generation,
@@ -122,7 +133,7 @@ async fn agent(name: String, peers: Vec<String>, registered: mpsc::Sender<()>) {
 }
 
 /// A project-scoped admin token, a flavor, an image and unlimited quota for the `admin` project.
-async fn prepare(cluster: &Cluster, ch: Channel) -> Result<MetadataValue<Ascii>> {
+pub(crate) async fn prepare(cluster: &Cluster, ch: Channel) -> Result<MetadataValue<Ascii>> {
     let admin = cluster.flotilla_auth()?;
     let login = pb::LoginRequest {
         user: "admin".into(),

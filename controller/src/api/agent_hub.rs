@@ -288,10 +288,21 @@ pub fn duties(state: &State, ratios: &AllocationRatios) -> Duties {
 pub async fn run(api: Api, hub: Arc<AgentHub>, lease: LeaseSettings, ratios: AllocationRatios) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut revisions = api.node.revisions();
     let actor = format!("controller-{}", api.node.id());
     let mut proposed: HashMap<String, Instant> = HashMap::new();
     loop {
-        tick.tick().await;
+        // Every change (an item of a host evacuation finishing, a migration step) is acted on
+        // at once, at most every 50 ms; time passing (leases) every 250 ms.
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = revisions.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         if api.node.status().leader_id != api.node.id() {
             hub.clear();
             continue;
