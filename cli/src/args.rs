@@ -142,7 +142,8 @@ pub enum Command {
     Quota(QuotaCmd),
 }
 
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+/// The global `--timeout`: seconds (fractions allowed), more than 0 and at most a day.
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;

@@ -206,3 +206,136 @@ async fn operation_list_resolves_a_server_name_filters_and_sorts_newest_first() 
         run.out
     );
 }
+
+#[tokio::test]
+async fn a_dry_run_prints_the_plan_and_starts_nothing() {
+    let c = Compute::start().await;
+    let run = flotilla(
+        &c.endpoint(),
+        &[
+            "host",
+            "evacuate",
+            "cmp1",
+            "--dry-run",
+            "--target-host",
+            "cmp2",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert_eq!(
+        run.out,
+        "SERVER  SERVER_ID  DESTINATION  METHOD   NOTE\n\
+         web-1   s-1        cmp2         rebuild\n\
+         db-1    s-2        cmp2         rebuild\n"
+    );
+    assert_eq!(run.err, "dry run: nothing was started\n");
+    assert_eq!(
+        c.rec.lock().unwrap().host_calls,
+        ["evacuate cmp1 live=false parallel=0 target=cmp2 dry_run=true"]
+    );
+}
+
+#[tokio::test]
+async fn a_drain_prints_the_plan_and_the_operation_to_follow() {
+    let c = Compute::start().await;
+    let run = flotilla(
+        &c.endpoint(),
+        &["host", "drain", "cmp1", "--live", "--parallel", "3"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert!(
+        run.out
+            .contains("web-1   s-1        cmp2         live_migrate\n"),
+        "{}",
+        run.out
+    );
+    assert!(run.out.ends_with("\noperation op-1\n"), "{}", run.out);
+    assert!(
+        run.err.contains("flotilla operation watch op-1"),
+        "{}",
+        run.err
+    );
+    assert_eq!(
+        c.rec.lock().unwrap().host_calls,
+        ["drain cmp1 live=true parallel=3 dry_run=false"]
+    );
+    let run = flotilla(&c.endpoint(), &["-f", "json", "host", "drain", "cmp1"]).await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    let json: serde_json::Value = serde_json::from_str(&run.out).unwrap();
+    assert_eq!(json["operation_id"], "op-2");
+    assert_eq!(json["plan"][1]["method"], "cold_migrate");
+}
+
+#[tokio::test]
+async fn a_waited_evacuation_that_moves_every_server_prints_their_results() {
+    let c = Compute::start().await;
+    let run = flotilla(&c.endpoint(), &["host", "evacuate", "cmp1", "--wait"]).await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert!(
+        run.out.contains(
+            "NAME   ID   STATE      DESTINATION  OPERATION_ID  MESSAGE\n\
+             web-1  s-1  succeeded  cmp2         op-1-web-1    moved\n\
+             db-1   s-2  succeeded  cmp2         op-1-db-1     moved\n"
+        ),
+        "{}",
+        run.out
+    );
+    assert!(
+        run.err
+            .contains("host \"cmp1\": host_evacuate running (move_servers): items: 0 of 2 done\n"),
+        "{}",
+        run.err
+    );
+    assert!(run.err.contains("host_evacuate succeeded"), "{}", run.err);
+}
+
+#[tokio::test]
+async fn a_partly_failed_drain_exits_1_naming_the_servers_that_did_not_move() {
+    let c = Compute::start().await;
+    let run = flotilla(&c.endpoint(), &["host", "drain", "half-1", "--wait"]).await;
+    assert_eq!(run.code, 1, "{}", run.out);
+    assert!(
+        run.out
+            .contains("db-1   s-2  failed     cmp2         op-1-db-1     no host has room"),
+        "{}",
+        run.out
+    );
+    assert!(
+        run.err.ends_with(
+            "flotilla: error: server \"db-1\" (to cmp2): failed: no host has room for 64 GiB\n\
+             flotilla: error: host \"half-1\": host_drain partially failed: 1 of 2 server(s) \
+             did not move: db-1\n"
+        ),
+        "{}",
+        run.err
+    );
+    let run = flotilla(
+        &c.endpoint(),
+        &["-f", "json", "host", "drain", "half-1", "--wait"],
+    )
+    .await;
+    assert_eq!(run.code, 1);
+    let json: serde_json::Value = serde_json::from_str(&run.out).unwrap();
+    assert_eq!(json["state"], "OPERATION_STATE_PARTIALLY_SUCCEEDED");
+    assert_eq!(json["items"][1]["message"], "no host has room for 64 GiB");
+}
+
+#[tokio::test]
+async fn cancel_prints_the_operation_and_show_lists_its_items() {
+    let c = Compute::start().await;
+    let run = flotilla(&c.endpoint(), &["host", "evacuate", "cmp1", "--live"]).await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    let run = flotilla(&c.endpoint(), &["operation", "cancel", "op-1"]).await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert_eq!(field(&run.out, "state"), "cancelling");
+    assert_eq!(field(&run.out, "cancellable"), "no");
+    let run = flotilla(&c.endpoint(), &["operation", "show", "op-1"]).await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert_eq!(field(&run.out, "items"), "2 of 2 done");
+    assert!(run.out.contains("\nNAME   ID   STATE"), "{}", run.out);
+    let run = flotilla(&c.endpoint(), &["operation", "cancel", "op-404"]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.err.contains("[NOT_FOUND]"), "{}", run.err);
+}

@@ -516,3 +516,72 @@ async fn diagnostics_print_fields_and_nics() {
         run.out
     );
 }
+
+#[tokio::test]
+async fn migrations_send_their_options_and_wait_prints_the_server() {
+    let c = Compute::start().await;
+    c.add("web-1", v1::ServerStatus::Active);
+    let run = flotilla(
+        &c.endpoint(),
+        &[
+            "server",
+            "migrate",
+            "--live",
+            "web-1",
+            "--host",
+            "cmp2",
+            "--no-block-migration",
+            "--timeout",
+            "600",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert!(
+        run.err.contains("server \"web-1\": live_migrate succeeded"),
+        "{}",
+        run.err
+    );
+    assert_eq!(field(&run.out, "name"), "web-1");
+    let run = flotilla(&c.endpoint(), &["server", "migrate", "web-1"]).await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert_eq!(field(&run.out, "operation_id"), "op-2");
+    assert_eq!(
+        c.rec.lock().unwrap().moves,
+        [
+            "live_migrate web-1 host=cmp2 block=Some(false) timeout=600",
+            "migrate web-1 host=",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn evacuate_warns_that_local_disks_are_lost_and_a_failure_exits_1() {
+    let c = Compute::start().await;
+    c.add("web-1", v1::ServerStatus::Unknown);
+    c.add("bad-1", v1::ServerStatus::Unknown);
+    let run = flotilla(
+        &c.endpoint(),
+        &["server", "evacuate", "web-1", "--host", "cmp3", "--force"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert!(run.err.contains("local disks are lost"), "{}", run.err);
+    assert_eq!(field(&run.out, "server"), "web-1");
+    let run = flotilla(&c.endpoint(), &["server", "evacuate", "bad-1", "--wait"]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.err
+            .contains("flotilla: error: server \"bad-1\": evacuate failed: no valid host"),
+        "{}",
+        run.err
+    );
+    assert_eq!(
+        c.rec.lock().unwrap().moves,
+        [
+            "evacuate web-1 host=cmp3 force=true",
+            "evacuate bad-1 host= force=false"
+        ]
+    );
+}

@@ -1,6 +1,9 @@
 //! `flotilla host ...`: compute hosts as their agents registered them, served by HostService
 //! (admins only). Words follow `openstack compute service` / `hypervisor`: hosts are `up` or
 //! `down` (lease), `enabled` or `disabled` (scheduling), and may be forced down when fenced.
+//! `host evacuate` and `host drain` move every server off a host ([`jobs`]).
+
+mod jobs;
 
 use clap::{ArgGroup, Args, Subcommand};
 use flotilla_proto::v1::{self, host_service_client::HostServiceClient};
@@ -39,6 +42,55 @@ pub enum HostCmd {
     },
     /// Mark a host as fenced (--force-down) or clear the mark (--no-force-down).
     Set(SetArgs),
+    /// Move every server off a host: rebuild them elsewhere when the host is DOWN (local disk
+    /// contents are lost), or with --live live-migrate them off a host that is UP.
+    Evacuate(EvacuateArgs),
+    /// Disable a host (reason "drain") and move every server off it: cold migration, or live
+    /// migration of running servers with --live.
+    Drain(DrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvacuateArgs {
+    /// Host id or hostname.
+    pub host: String,
+    /// Only print where each server would go; start nothing.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
+    /// How many servers move at the same time (default: the controller's).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub parallel: Option<u32>,
+    /// Live-migrate the running servers off a host that is UP (stopped ones are cold
+    /// migrated) instead of rebuilding the servers of a DOWN host.
+    #[arg(long)]
+    pub live: bool,
+    /// Move every server to this host, id or hostname (default: the scheduler picks per
+    /// server).
+    #[arg(long, value_name = "HOST")]
+    pub target_host: Option<String>,
+    /// Follow the job until it ends, then print each server's result; fail unless every
+    /// server moved.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Host id or hostname.
+    pub host: String,
+    /// Live-migrate running servers instead of cold-migrating them.
+    #[arg(long)]
+    pub live: bool,
+    /// How many servers move at the same time (default: the controller's).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub parallel: Option<u32>,
+    /// Only print where each server would go; change nothing (the host stays enabled).
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
+    /// Follow the job until it ends, then print each server's result; fail unless every
+    /// server moved.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +113,37 @@ pub async fn run(cmd: HostCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliErro
     let conn = &ctx.conn;
     let host = match cmd {
         HostCmd::List { long } => return list(long, ctx, io).await,
+        HostCmd::Evacuate(a) => {
+            let request = v1::EvacuateHostRequest {
+                request_id: new_request_id(),
+                host: a.host.clone(),
+                target_host: a.target_host.unwrap_or_default(),
+                dry_run: a.dry_run,
+                parallel: a.parallel.unwrap_or(0),
+                live: a.live,
+            };
+            let response = conn
+                .call(request, |ch, req| async move {
+                    HostServiceClient::new(ch).evacuate_host(req).await
+                })
+                .await?;
+            return jobs::report(ctx, io, &a.host, response, a.dry_run, a.wait).await;
+        }
+        HostCmd::Drain(a) => {
+            let request = v1::DrainHostRequest {
+                request_id: new_request_id(),
+                host: a.host.clone(),
+                live: a.live,
+                parallel: a.parallel.unwrap_or(0),
+                dry_run: a.dry_run,
+            };
+            let response = conn
+                .call(request, |ch, req| async move {
+                    HostServiceClient::new(ch).drain_host(req).await
+                })
+                .await?;
+            return jobs::report(ctx, io, &a.host, response, a.dry_run, a.wait).await;
+        }
         HostCmd::Show { host } => {
             let request = v1::GetHostRequest {
                 host,
@@ -193,5 +276,62 @@ mod tests {
         assert!(
             matches!(parse(&["enable", "h-1"]).unwrap(), HostCmd::Enable { host } if host == "h-1")
         );
+    }
+
+    #[test]
+    fn evacuate_takes_every_option() {
+        let HostCmd::Evacuate(a) = parse(&[
+            "evacuate",
+            "cmp1",
+            "--parallel",
+            "4",
+            "--live",
+            "--target-host",
+            "cmp2",
+            "--wait",
+        ])
+        .unwrap() else {
+            panic!("evacuate")
+        };
+        assert_eq!(a.host, "cmp1");
+        assert_eq!(a.parallel, Some(4));
+        assert_eq!(a.target_host.as_deref(), Some("cmp2"));
+        assert!(a.live && a.wait && !a.dry_run);
+        let HostCmd::Evacuate(a) = parse(&["evacuate", "cmp1", "--dry-run"]).unwrap() else {
+            panic!("evacuate")
+        };
+        assert!(a.dry_run && !a.live && !a.wait);
+        assert!(a.parallel.is_none() && a.target_host.is_none());
+    }
+
+    #[test]
+    fn drain_takes_live_parallel_dry_run_and_wait() {
+        let HostCmd::Drain(a) =
+            parse(&["drain", "cmp1", "--live", "--parallel", "2", "--wait"]).unwrap()
+        else {
+            panic!("drain")
+        };
+        assert_eq!((a.host.as_str(), a.parallel), ("cmp1", Some(2)));
+        assert!(a.live && a.wait && !a.dry_run);
+        let HostCmd::Drain(a) = parse(&["drain", "--dry-run", "cmp1"]).unwrap() else {
+            panic!("drain")
+        };
+        assert!(a.dry_run && !a.live && a.parallel.is_none());
+    }
+
+    #[test]
+    fn bad_host_job_options_are_usage_errors() {
+        for bad in [
+            &["evacuate"][..],
+            &["drain"],
+            &["evacuate", "cmp1", "--parallel", "0"],
+            &["evacuate", "cmp1", "--parallel", "many"],
+            &["drain", "cmp1", "--parallel", "-1"],
+            &["evacuate", "cmp1", "--dry-run", "--wait"],
+            &["drain", "cmp1", "--dry-run", "--wait"],
+            &["drain", "cmp1", "--target-host", "cmp2"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! `flotilla operation ...`: durable operations (boots, reboots, rebuilds, backups, deletes...)
-//! as they run, served by OperationService; and [`follow`], the watch loop behind `--wait`.
+//! `flotilla operation ...`: durable operations (boots, reboots, rebuilds, backups, migrations,
+//! evacuations, deletes...) as they run, served by OperationService; and [`follow`], the watch
+//! loop behind `--wait`.
 
 use std::time::{Duration, Instant};
 
@@ -13,9 +14,10 @@ use tonic::Code;
 use super::event::is_stream_break;
 use super::{all_pages, Ctx, Io};
 use crate::args::Format;
+use crate::client::new_request_id;
 use crate::error::{status_text, CliError};
 use crate::output::{self, fixed_line};
-use crate::views::operation::{is_terminal, OperationView};
+use crate::views::operation::{is_terminal, render_operation, OperationView};
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -32,6 +34,12 @@ pub enum OperationCmd {
     /// Print the operation now and after every change until it finishes; fails unless it
     /// succeeded.
     Watch {
+        /// Operation id.
+        id: String,
+    },
+    /// Ask an operation to stop at its next safe point and undo what it can; prints the
+    /// operation (usually `cancelling`: watch it to see how it ends).
+    Cancel {
         /// Operation id.
         id: String,
     },
@@ -73,9 +81,12 @@ pub struct ListArgs {
     /// Only operations in this state (repeatable: any of them).
     #[arg(long = "state", value_enum, value_name = "STATE", ignore_case = true)]
     pub states: Vec<StateFilter>,
-    /// Only operations of this kind, e.g. boot, reboot, delete.
+    /// Only operations of this kind, e.g. boot, reboot, live_migrate, host_evacuate.
     #[arg(long, value_name = "KIND")]
     pub kind: Option<String>,
+    /// Only the children of this operation (e.g. the per-server moves of a host evacuation).
+    #[arg(long, value_name = "ID")]
+    pub parent: Option<String>,
 }
 
 pub async fn run(cmd: OperationCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
@@ -83,9 +94,22 @@ pub async fn run(cmd: OperationCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), Cl
         OperationCmd::List(a) => list(a, ctx, io).await,
         OperationCmd::Show { id } => {
             let op = get(ctx, &id).await?;
-            io.print(&output::show(ctx.format, &OperationView::from(op))?)
+            io.print(&render_operation(ctx.format, &OperationView::from(op))?)
         }
         OperationCmd::Watch { id } => watch(&id, ctx, io).await,
+        OperationCmd::Cancel { id } => {
+            let request = v1::CancelOperationRequest {
+                request_id: new_request_id(),
+                operation_id: id,
+            };
+            let op = ctx
+                .conn
+                .call(request, |ch, req| async move {
+                    OperationServiceClient::new(ch).cancel_operation(req).await
+                })
+                .await?;
+            io.print(&render_operation(ctx.format, &OperationView::from(op))?)
+        }
     }
 }
 
@@ -117,7 +141,7 @@ async fn list(a: ListArgs, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
             .collect(),
         resource_id,
         kind: a.kind.unwrap_or_default(),
-        parent_id: String::new(),
+        parent_id: a.parent.unwrap_or_default(),
         page_size: 0,
         page_token: String::new(),
         stale: ctx.stale,
@@ -343,6 +367,8 @@ mod tests {
             "FAILED",
             "--kind",
             "boot",
+            "--parent",
+            "op-0",
         ])
         .unwrap() else {
             panic!("list")
@@ -351,10 +377,12 @@ mod tests {
         assert_eq!(a.resource.as_deref(), Some("web-1"));
         assert_eq!(a.states, [StateFilter::Running, StateFilter::Failed]);
         assert_eq!(a.kind.as_deref(), Some("boot"));
+        assert_eq!(a.parent.as_deref(), Some("op-0"));
         let OperationCmd::List(a) = parse(&["list"]).unwrap() else {
             panic!("list")
         };
         assert!(!a.all_projects && a.resource.is_none() && a.states.is_empty());
+        assert!(a.parent.is_none());
     }
 
     #[test]
@@ -365,7 +393,12 @@ mod tests {
         assert!(
             matches!(parse(&["watch", "op-1"]).unwrap(), OperationCmd::Watch { id } if id == "op-1")
         );
+        assert!(
+            matches!(parse(&["cancel", "op-1"]).unwrap(), OperationCmd::Cancel { id } if id == "op-1")
+        );
         assert_eq!(parse(&["watch"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["cancel"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["cancel", "a", "b"]).unwrap_err().exit_code(), 2);
         assert_eq!(
             parse(&["list", "--state", "sleeping"])
                 .unwrap_err()

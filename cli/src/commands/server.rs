@@ -1,9 +1,10 @@
 //! `flotilla server ...`: virtual machines, served by ServerService. The words and flags follow
-//! `openstack server ...`. Creating, starting, stopping, rebooting, rebuilding, saving and
-//! deleting a server start a durable operation: the command returns once the controller has
-//! recorded it, or with `--wait` follows it to the end ([`wait`]).
+//! `openstack server ...`. Creating, starting, stopping, rebooting, rebuilding, saving,
+//! moving ([`moves`]) and deleting a server start a durable operation: the command returns once
+//! the controller has recorded it, or with `--wait` follows it to the end ([`wait`]).
 
 mod group;
+mod moves;
 mod wait;
 
 use std::path::PathBuf;
@@ -20,6 +21,8 @@ use crate::output;
 use crate::views::diagnostics::{render_diagnostics, DiagnosticsView};
 use crate::views::server::{OperationRefView, ServerActionView, ServerImageView};
 use wait::{After, Started};
+
+pub(crate) use wait::progress_line;
 
 /// Most user data a server may carry (the API's limit).
 pub const MAX_USER_DATA: usize = 64 * 1024;
@@ -71,6 +74,12 @@ pub enum ServerCmd {
         /// Server id or name.
         server: String,
     },
+    /// Move a server to another host (admins): cold (stop, move, start), or --live without
+    /// stopping it.
+    Migrate(moves::MigrateArgs),
+    /// Rebuild a server of a DOWN host on another host (admins). Its local disk contents are
+    /// lost: it is rebuilt from its image, keeping its id, name, ports and IP addresses.
+    Evacuate(moves::EvacuateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -447,6 +456,8 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliEr
         ServerCmd::Action(ActionCmd::List { server }) => actions(ctx, io, server).await,
         ServerCmd::Console(ServerConsoleCmd::Log(a)) => console::show_log(a, ctx, io).await,
         ServerCmd::Group(cmd) => group::run(cmd, ctx, io).await,
+        ServerCmd::Migrate(a) => moves::migrate(a, ctx, io).await,
+        ServerCmd::Evacuate(a) => moves::evacuate(a, ctx, io).await,
         ServerCmd::Diagnostics { server } => {
             let request = v1::GetDiagnosticsRequest { server };
             let diagnostics = ctx

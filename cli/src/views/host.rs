@@ -5,7 +5,11 @@ use flotilla_proto::v1;
 use serde::Serialize;
 
 use super::{meta_fields, MetaView};
-use crate::output::{format_time_ms, human_bytes, human_duration_ms, short_enum, yes_no, Tabular};
+use crate::args::Format;
+use crate::error::CliError;
+use crate::output::{
+    format_time_ms, human_bytes, human_duration_ms, list, short_enum, structured, yes_no, Tabular,
+};
 
 pub fn host_state_name(value: i32) -> String {
     v1::HostState::try_from(value)
@@ -125,14 +129,17 @@ impl HostView {
         short_enum(&self.state, "HOST_STATE_")
     }
 
-    /// `up`, `down`, `down (forced)` for list columns.
+    /// `up`, `down since TIME`, `down (forced) since TIME` for list columns.
     fn state_cell(&self) -> String {
-        let word = self.state_word();
+        let mut text = self.state_word();
         if self.forced_down {
-            format!("{word} (forced)")
-        } else {
-            word
+            text.push_str(" (forced)");
         }
+        if self.state == "HOST_STATE_DOWN" && self.down_since_ms != 0 {
+            text.push_str(" since ");
+            text.push_str(&format_time_ms(self.down_since_ms));
+        }
+        text
     }
 
     /// `up`, or `down since TIME`, plus `, forced down` when an operator fenced it.
@@ -278,11 +285,91 @@ impl Tabular for HostLongView {
     }
 }
 
+/// Where one server of a host evacuation or drain is planned to go.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanEntryView {
+    pub server_id: String,
+    pub server_name: String,
+    /// Empty when no host fits (see `message`).
+    pub destination: String,
+    /// `rebuild`, `live_migrate` or `cold_migrate`.
+    pub method: String,
+    pub message: String,
+}
+
+impl From<v1::HostPlanEntry> for PlanEntryView {
+    fn from(e: v1::HostPlanEntry) -> Self {
+        PlanEntryView {
+            server_id: e.server_id,
+            server_name: e.server_name,
+            destination: e.destination,
+            method: e.method,
+            message: e.message,
+        }
+    }
+}
+
+impl Tabular for PlanEntryView {
+    fn columns() -> &'static [&'static str] {
+        &["SERVER", "SERVER_ID", "DESTINATION", "METHOD", "NOTE"]
+    }
+    fn row(&self) -> Vec<String> {
+        let destination = if self.destination.is_empty() {
+            "(none)".to_string()
+        } else {
+            self.destination.clone()
+        };
+        vec![
+            self.server_name.clone(),
+            self.server_id.clone(),
+            destination,
+            self.method.clone(),
+            self.message.clone(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        ["server", "server_id", "destination", "method", "note"]
+            .into_iter()
+            .zip(self.row())
+            .collect()
+    }
+}
+
+/// The answer of `host evacuate` / `host drain`: the operation started (empty for a dry run)
+/// and the plan. Tables print the plan, then the operation id on a line of its own.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostJobView {
+    pub operation_id: String,
+    pub plan: Vec<PlanEntryView>,
+}
+
+impl From<v1::EvacuateHostResponse> for HostJobView {
+    fn from(r: v1::EvacuateHostResponse) -> Self {
+        HostJobView {
+            operation_id: r.operation_id,
+            plan: r.plan.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl HostJobView {
+    /// The plan table, then `operation ID` unless this was a dry run; JSON/YAML: the object.
+    pub fn render(&self, format: Format) -> Result<String, CliError> {
+        if format != Format::Table {
+            return structured(format, self);
+        }
+        let mut text = list(format, &self.plan)?;
+        if !self.operation_id.is_empty() {
+            text.push_str(&format!("\noperation {}\n", self.operation_id));
+        }
+        Ok(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::Format;
-    use crate::output::{list, show};
+    use crate::output::show;
 
     fn host() -> v1::Host {
         v1::Host {
@@ -352,7 +439,10 @@ mod tests {
         assert_eq!(field(&text, "status"), "disabled (bad DIMM)");
         assert_eq!(field(&text, "lease_age"), "no lease");
         let table = list(Format::Table, &[view]).unwrap();
-        assert!(table.contains("down (forced)  disabled"), "{table}");
+        assert!(
+            table.contains("down (forced) since 2024-05-01T12:00:00.000Z  disabled"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -373,5 +463,49 @@ mod tests {
         assert_eq!(json["usage"]["vcpus"], 2);
         assert_eq!(json["lease_age_ms"], 1_250);
         assert!(json["allocation_ratios"].is_null());
+    }
+
+    fn plan() -> v1::EvacuateHostResponse {
+        v1::EvacuateHostResponse {
+            operation_id: "op-9".into(),
+            plan: vec![
+                v1::HostPlanEntry {
+                    server_id: "s-1".into(),
+                    server_name: "web-1".into(),
+                    destination: "cmp2".into(),
+                    method: "live_migrate".into(),
+                    message: String::new(),
+                },
+                v1::HostPlanEntry {
+                    server_id: "s-2".into(),
+                    server_name: "db-1".into(),
+                    destination: String::new(),
+                    method: "cold_migrate".into(),
+                    message: "no host has 64 GiB RAM free".into(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_plan_shows_each_server_destination_and_method_then_the_operation() {
+        let view = HostJobView::from(plan());
+        assert_eq!(
+            view.render(Format::Table).unwrap(),
+            "SERVER  SERVER_ID  DESTINATION  METHOD        NOTE\n\
+             web-1   s-1        cmp2         live_migrate\n\
+             db-1    s-2        (none)       cold_migrate  no host has 64 GiB RAM free\n\
+             \n\
+             operation op-9\n"
+        );
+        let mut dry = plan();
+        dry.operation_id.clear();
+        let text = HostJobView::from(dry).render(Format::Table).unwrap();
+        assert!(!text.contains("operation"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&view.render(Format::Json).unwrap()).unwrap();
+        assert_eq!(json["operation_id"], "op-9");
+        assert_eq!(json["plan"][1]["destination"], "");
+        assert_eq!(json["plan"][0]["method"], "live_migrate");
     }
 }

@@ -1,12 +1,18 @@
 //! Views of durable operations: lists, `show`, and the lines `operation watch` streams.
 //! JSON/YAML carry every proto field; tables shorten states (`running`, `failed`) and show the
-//! error in place of the message once an operation has failed.
+//! error in place of the message once an operation has failed. Multi-resource operations (host
+//! evacuations and drains) show a summary of their items in `show`, followed by a table of the
+//! items ([`render_operation`]).
 
 use flotilla_proto::v1;
 use serde::Serialize;
 
 use super::{meta_fields, MetaView};
-use crate::output::{format_time_ms, human_bytes, short_enum, yes_no, Tabular};
+use crate::args::Format;
+use crate::error::CliError;
+use crate::output::{
+    fields_table, format_time_ms, human_bytes, list, short_enum, structured, yes_no, Tabular,
+};
 
 pub fn operation_state_name(value: i32) -> String {
     v1::OperationState::try_from(value)
@@ -63,6 +69,68 @@ pub struct ItemView {
     pub message: String,
     pub destination: String,
     pub operation_id: String,
+}
+
+impl ItemView {
+    /// The resource's name, or its id when the name is unknown.
+    pub fn label(&self) -> &str {
+        if self.resource_name.is_empty() {
+            &self.resource_id
+        } else {
+            &self.resource_name
+        }
+    }
+
+    pub fn state_word(&self) -> String {
+        short_enum(&self.state, "OPERATION_STATE_")
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.state == "OPERATION_STATE_SUCCEEDED"
+    }
+
+    /// Failed or cancelled (not merely unfinished).
+    pub fn failed(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "OPERATION_STATE_FAILED" | "OPERATION_STATE_CANCELLED"
+        )
+    }
+}
+
+/// Per-resource results: NAME (or id), STATE, DESTINATION, OPERATION_ID (the child moving it),
+/// MESSAGE.
+impl Tabular for ItemView {
+    fn columns() -> &'static [&'static str] {
+        &[
+            "NAME",
+            "ID",
+            "STATE",
+            "DESTINATION",
+            "OPERATION_ID",
+            "MESSAGE",
+        ]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.label().to_string(),
+            self.resource_id.clone(),
+            self.state_word(),
+            self.destination.clone(),
+            self.operation_id.clone(),
+            self.message.clone(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("name", self.resource_name.clone()),
+            ("id", self.resource_id.clone()),
+            ("state", self.state_word()),
+            ("destination", self.destination.clone()),
+            ("operation_id", self.operation_id.clone()),
+            ("message", self.message.clone()),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -178,26 +246,30 @@ impl OperationView {
             .unwrap_or(self.started_at_ms)
     }
 
-    fn items_cell(&self) -> String {
-        self.items
-            .iter()
-            .map(|i| {
-                let name = if i.resource_name.is_empty() {
-                    &i.resource_id
-                } else {
-                    &i.resource_name
-                };
-                let mut text = format!("{name}: {}", short_enum(&i.state, "OPERATION_STATE_"));
-                if !i.destination.is_empty() {
-                    text.push_str(&format!(" -> {}", i.destination));
-                }
-                if !i.message.is_empty() {
-                    text.push_str(&format!(" ({})", i.message));
-                }
-                text
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
+    /// `3 of 5 done (1 failed)` for multi-resource operations; empty for the others.
+    pub fn items_summary(&self) -> String {
+        if self.items.is_empty() {
+            return String::new();
+        }
+        let total = self.items.len();
+        let succeeded = self.items.iter().filter(|i| i.succeeded()).count();
+        let failed = self.items.iter().filter(|i| i.failed()).count();
+        let mut text = format!("{} of {total} done", succeeded + failed);
+        if failed > 0 {
+            text.push_str(&format!(" ({failed} failed)"));
+        }
+        text
+    }
+
+    /// The note, followed by the items summary when there are items (watch and `--wait` lines).
+    pub fn note_with_items(&self) -> String {
+        let note = self.note();
+        let items = self.items_summary();
+        match (note.is_empty(), items.is_empty()) {
+            (_, true) => note,
+            (true, false) => format!("items: {items}"),
+            (false, false) => format!("{note}; items: {items}"),
+        }
     }
 
     /// Column widths of the streamed `operation watch` table.
@@ -212,7 +284,7 @@ impl OperationView {
             format_time_ms(self.updated_at_ms()),
             self.state_word(),
             self.step.clone(),
-            self.note(),
+            self.note_with_items(),
         ]
     }
 }
@@ -268,18 +340,31 @@ impl Tabular for OperationView {
             ("parent_id", self.parent_id.clone()),
         ];
         if !self.items.is_empty() {
-            f.push(("items", self.items_cell()));
+            f.push(("items", self.items_summary()));
         }
         f.extend(meta_fields(&self.meta));
         f
     }
 }
 
+/// `operation show`: the FIELD/VALUE table, then the items (if any) as a table of their own.
+/// JSON/YAML: the operation object, items included.
+pub fn render_operation(format: Format, view: &OperationView) -> Result<String, CliError> {
+    if format != Format::Table {
+        return structured(format, view);
+    }
+    let mut text = fields_table(&view.fields());
+    if !view.items.is_empty() {
+        text.push('\n');
+        text.push_str(&list(format, &view.items)?);
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::Format;
-    use crate::output::{list, show};
+    use crate::output::show;
 
     fn op() -> v1::Operation {
         v1::Operation {
@@ -350,27 +435,94 @@ mod tests {
         assert_eq!(json["progress"]["percent"], 40);
     }
 
-    #[test]
-    fn items_of_multi_resource_operations_are_listed() {
+    fn host_job() -> v1::Operation {
         let mut o = op();
+        o.kind = "host_evacuate".into();
+        o.resource_type = "host".into();
+        o.resource_id = "h-1".into();
+        o.step = "move_servers".into();
+        o.progress = None;
+        o.cancellable = true;
         o.items = vec![
             v1::OperationItemResult {
                 resource_id: "s-1".into(),
                 resource_name: "web-1".into(),
                 state: v1::OperationState::Succeeded as i32,
                 destination: "cmp2".into(),
+                operation_id: "op-2".into(),
                 ..Default::default()
             },
             v1::OperationItemResult {
                 resource_id: "s-2".into(),
                 state: v1::OperationState::Failed as i32,
                 message: "no room".into(),
+                operation_id: "op-3".into(),
+                ..Default::default()
+            },
+            v1::OperationItemResult {
+                resource_id: "s-3".into(),
+                resource_name: "db-1".into(),
+                state: v1::OperationState::Running as i32,
+                destination: "cmp3".into(),
                 ..Default::default()
             },
         ];
-        let text = show(Format::Table, &OperationView::from(o)).unwrap();
+        o
+    }
+
+    #[test]
+    fn show_summarizes_items_then_lists_them_in_a_table() {
+        let text = render_operation(Format::Table, &OperationView::from(host_job())).unwrap();
         assert!(
-            text.contains("web-1: succeeded -> cmp2; s-2: failed (no room)"),
+            text.contains("items            2 of 3 done (1 failed)\n"),
+            "{text}"
+        );
+        assert!(text.contains("cancellable      yes\n"), "{text}");
+        assert!(
+            text.contains(
+                "\nNAME   ID   STATE      DESTINATION  OPERATION_ID  MESSAGE\n\
+                 web-1  s-1  succeeded  cmp2         op-2\n\
+                 s-2    s-2  failed                  op-3          no room\n\
+                 db-1   s-3  running    cmp3\n"
+            ),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(
+            &render_operation(Format::Json, &OperationView::from(host_job())).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["items"][1]["state"], "OPERATION_STATE_FAILED");
+        assert_eq!(json["items"][0]["operation_id"], "op-2");
+        assert_eq!(json["cancellable"], true);
+    }
+
+    #[test]
+    fn single_resource_operations_show_no_item_table() {
+        let text = render_operation(Format::Table, &OperationView::from(op())).unwrap();
+        assert!(!text.contains("NAME"), "{text}");
+        assert!(!text.contains("items"), "{text}");
+    }
+
+    #[test]
+    fn watch_lines_of_host_jobs_count_items_and_of_migrations_show_phase_and_percent() {
+        let view = OperationView::from(host_job());
+        assert_eq!(view.watch_row()[3], "items: 2 of 3 done (1 failed)");
+        let mut o = op();
+        o.kind = "live_migrate".into();
+        o.step = "migrate".into();
+        o.parent_id = "op-0".into();
+        o.progress = Some(v1::OperationProgress {
+            phase: "copying memory".into(),
+            percent: 63,
+            bytes_done: 0,
+            bytes_total: 0,
+        });
+        let view = OperationView::from(o);
+        assert_eq!(view.watch_row()[3], "copying memory 63%");
+        let text = show(Format::Table, &view).unwrap();
+        assert!(text.contains("parent_id        op-0\n"), "{text}");
+        assert!(
+            text.contains("progress         copying memory 63%\n"),
             "{text}"
         );
     }

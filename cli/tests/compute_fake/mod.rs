@@ -10,9 +10,14 @@
 //! * `gone`: `delete` answers with an operation id that was never recorded and removes the
 //!   server at once (as the controller does for a server whose host is down).
 //!
+//! Hosts: `host evacuate` / `host drain` of any host plan web-1 and db-1 onto cmp2; on a host
+//! whose name contains `half`, db-1 fails to move (PARTIALLY_SUCCEEDED).
+//!
 //! Every operation streams RUNNING snapshots before its terminal one. Every request is recorded.
 
 #![allow(dead_code)]
+
+mod jobs;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,6 +53,8 @@ pub struct Record {
     pub console: Vec<v1::GetConsoleLogRequest>,
     pub op_lists: Vec<v1::ListOperationsRequest>,
     pub host_calls: Vec<String>,
+    /// Migrations and evacuations of servers, with their options.
+    pub moves: Vec<String>,
     pub name_lookups: Vec<String>,
 }
 
@@ -279,6 +286,47 @@ impl ServerService for Fake {
         Ok(Response::new(v1::OperationRef { operation_id }))
     }
 
+    async fn migrate_server(
+        &self,
+        request: Request<v1::MigrateServerRequest>,
+    ) -> Result<Response<v1::OperationRef>, Status> {
+        let r = request.into_inner();
+        let key = format!("{} host={}", r.server, r.host);
+        self.rec
+            .lock()
+            .unwrap()
+            .moves
+            .push(format!("migrate {key}"));
+        let operation_id = self.act("migrate", &r.request_id, &r.server)?;
+        Ok(Response::new(v1::OperationRef { operation_id }))
+    }
+
+    async fn live_migrate_server(
+        &self,
+        request: Request<v1::LiveMigrateServerRequest>,
+    ) -> Result<Response<v1::OperationRef>, Status> {
+        let r = request.into_inner();
+        self.rec.lock().unwrap().moves.push(format!(
+            "live_migrate {} host={} block={:?} timeout={}",
+            r.server, r.host, r.block_migration, r.timeout_seconds
+        ));
+        let operation_id = self.act("live_migrate", &r.request_id, &r.server)?;
+        Ok(Response::new(v1::OperationRef { operation_id }))
+    }
+
+    async fn evacuate_server(
+        &self,
+        request: Request<v1::EvacuateServerRequest>,
+    ) -> Result<Response<v1::OperationRef>, Status> {
+        let r = request.into_inner();
+        self.rec.lock().unwrap().moves.push(format!(
+            "evacuate {} host={} force={}",
+            r.server, r.host, r.force
+        ));
+        let operation_id = self.act("evacuate", &r.request_id, &r.server)?;
+        Ok(Response::new(v1::OperationRef { operation_id }))
+    }
+
     async fn start_server(
         &self,
         request: Request<v1::StartServerRequest>,
@@ -505,6 +553,23 @@ impl OperationService for Fake {
             .ok_or_else(|| Status::not_found(format!("operation {id:?} not found")))
     }
 
+    /// Answers with the operation's first snapshot, in state CANCELLING.
+    async fn cancel_operation(
+        &self,
+        request: Request<v1::CancelOperationRequest>,
+    ) -> Result<Response<v1::Operation>, Status> {
+        let id = request.into_inner().operation_id;
+        let w = self.world.lock().unwrap();
+        let mut op = w
+            .scripts
+            .get(&id)
+            .and_then(|s| s.first().cloned())
+            .ok_or_else(|| Status::not_found(format!("operation {id:?} not found")))?;
+        op.state = v1::OperationState::Cancelling as i32;
+        op.cancellable = false;
+        Ok(Response::new(op))
+    }
+
     async fn watch_operation(
         &self,
         request: Request<v1::WatchOperationRequest>,
@@ -636,6 +701,46 @@ impl HostService for Fake {
         h.enabled = false;
         h.disabled_reason = r.reason;
         Ok(Response::new(h))
+    }
+
+    async fn evacuate_host(
+        &self,
+        request: Request<v1::EvacuateHostRequest>,
+    ) -> Result<Response<v1::EvacuateHostResponse>, Status> {
+        let r = request.into_inner();
+        self.rec.lock().unwrap().host_calls.push(format!(
+            "evacuate {} live={} parallel={} target={} dry_run={}",
+            r.host, r.live, r.parallel, r.target_host, r.dry_run
+        ));
+        let method = if r.live { "live_migrate" } else { "rebuild" };
+        Ok(Response::new(self.host_job(
+            "host_evacuate",
+            &r.host,
+            method,
+            r.dry_run,
+        )))
+    }
+
+    async fn drain_host(
+        &self,
+        request: Request<v1::DrainHostRequest>,
+    ) -> Result<Response<v1::EvacuateHostResponse>, Status> {
+        let r = request.into_inner();
+        self.rec.lock().unwrap().host_calls.push(format!(
+            "drain {} live={} parallel={} dry_run={}",
+            r.host, r.live, r.parallel, r.dry_run
+        ));
+        let method = if r.live {
+            "live_migrate"
+        } else {
+            "cold_migrate"
+        };
+        Ok(Response::new(self.host_job(
+            "host_drain",
+            &r.host,
+            method,
+            r.dry_run,
+        )))
     }
 
     async fn set_host_force_down(

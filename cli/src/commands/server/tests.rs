@@ -342,3 +342,144 @@ fn a_server_group_view_names_its_policy_and_counts_members() {
         .fields()
         .contains(&("member_ids", "s1, s2".to_string())));
 }
+
+#[test]
+fn migrate_is_cold_unless_live() {
+    let ServerCmd::Migrate(a) = parse(&["migrate", "web-1"]).unwrap() else {
+        panic!("migrate")
+    };
+    assert_eq!(a.server, "web-1");
+    assert!(!a.live && a.host.is_none() && a.timeout.is_none() && !a.wait.wait);
+    assert_eq!(a.block_migration(), None);
+    let ServerCmd::Migrate(a) = parse(&["migrate", "web-1", "--host", "cmp2", "--wait"]).unwrap()
+    else {
+        panic!("migrate")
+    };
+    assert_eq!(a.host.as_deref(), Some("cmp2"));
+    assert!(a.wait.wait && !a.live);
+}
+
+#[test]
+fn live_migrate_takes_block_migration_either_way_and_a_timeout() {
+    let ServerCmd::Migrate(a) = parse(&[
+        "migrate",
+        "--live",
+        "web-1",
+        "--host",
+        "cmp2",
+        "--block-migration",
+        "--timeout",
+        "600",
+        "--wait",
+    ])
+    .unwrap() else {
+        panic!("migrate")
+    };
+    assert!(a.live && a.wait.wait);
+    assert_eq!(a.block_migration(), Some(true));
+    assert_eq!(a.timeout, Some(600));
+    assert_eq!(a.host.as_deref(), Some("cmp2"));
+    let ServerCmd::Migrate(a) =
+        parse(&["migrate", "--live", "--no-block-migration", "web-1"]).unwrap()
+    else {
+        panic!("migrate")
+    };
+    assert_eq!(a.block_migration(), Some(false));
+    assert_eq!(a.timeout, None);
+}
+
+#[test]
+fn the_migration_timeout_is_not_the_global_call_deadline() {
+    let cli = Cli::try_parse_from([
+        "flotilla",
+        "--timeout",
+        "30",
+        "server",
+        "migrate",
+        "--live",
+        "web-1",
+        "--timeout",
+        "900",
+    ])
+    .unwrap();
+    assert_eq!(cli.global.timeout, std::time::Duration::from_secs(30));
+    let Command::Server(ServerCmd::Migrate(a)) = cli.command else {
+        panic!("migrate")
+    };
+    assert_eq!(a.timeout, Some(900));
+    // Without either, the call deadline keeps its default and the controller picks the
+    // migration's.
+    let cli = Cli::try_parse_from(["flotilla", "server", "migrate", "--live", "web-1"]).unwrap();
+    assert_eq!(cli.global.timeout, std::time::Duration::from_secs(15));
+    let Command::Server(ServerCmd::Migrate(a)) = cli.command else {
+        panic!("migrate")
+    };
+    assert_eq!(a.timeout, None);
+    // --call-timeout sets the call deadline from after the subcommand.
+    let cli = Cli::try_parse_from([
+        "flotilla",
+        "server",
+        "migrate",
+        "web-1",
+        "--call-timeout",
+        "40",
+    ])
+    .unwrap();
+    assert_eq!(cli.global.timeout, std::time::Duration::from_secs(40));
+    // Other server commands still take the global --timeout after the subcommand.
+    let cli =
+        Cli::try_parse_from(["flotilla", "server", "evacuate", "web-1", "--timeout", "7"]).unwrap();
+    assert_eq!(cli.global.timeout, std::time::Duration::from_secs(7));
+}
+
+#[test]
+fn live_only_options_and_contradictions_are_usage_errors() {
+    for bad in [
+        &["migrate", "web-1", "--block-migration"][..],
+        &["migrate", "web-1", "--no-block-migration"],
+        &["migrate", "web-1", "--timeout", "60"],
+        &[
+            "migrate",
+            "--live",
+            "web-1",
+            "--block-migration",
+            "--no-block-migration",
+        ],
+        &["migrate", "--live", "web-1", "--timeout", "0"],
+        &["migrate", "--live", "web-1", "--timeout", "soon"],
+        &["migrate", "--live"],
+        &["migrate", "a", "b"],
+    ] {
+        usage_error(bad);
+    }
+    let err = usage_error(&["migrate", "web-1", "--timeout", "60"]);
+    assert!(err.contains("--live"), "{err}");
+}
+
+#[test]
+fn evacuate_takes_a_host_and_force_needs_it() {
+    let ServerCmd::Evacuate(a) =
+        parse(&["evacuate", "web-1", "--host", "cmp3", "--force", "--wait"]).unwrap()
+    else {
+        panic!("evacuate")
+    };
+    assert_eq!(
+        (a.server.as_str(), a.host.as_deref()),
+        ("web-1", Some("cmp3"))
+    );
+    assert!(a.force && a.wait.wait);
+    let ServerCmd::Evacuate(a) = parse(&["evacuate", "web-1"]).unwrap() else {
+        panic!("evacuate")
+    };
+    assert!(!a.force && a.host.is_none());
+    let err = usage_error(&["evacuate", "web-1", "--force"]);
+    assert!(err.contains("--host"), "{err}");
+    usage_error(&["evacuate"]);
+}
+
+#[test]
+fn the_evacuation_note_says_local_disks_are_lost() {
+    let note = moves::evacuate_note("web-1");
+    assert!(note.contains("\"web-1\""), "{note}");
+    assert!(note.contains("local disks are lost"), "{note}");
+}

@@ -205,7 +205,7 @@ pub fn progress_line(label: &str, op: &v1::Operation) -> String {
     if !view.step.is_empty() {
         line.push_str(&format!(" ({})", view.step));
     }
-    let note = view.note();
+    let note = view.note_with_items();
     if !note.is_empty() {
         line.push_str(": ");
         line.push_str(&note);
