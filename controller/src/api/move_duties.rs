@@ -212,3 +212,7 @@ fn next_items(state: &State, ratios: &AllocationRatios, op: &Operation) -> Vec<I
     }
     starts
 }
+
+#[cfg(test)]
+#[path = "move_duties_tests.rs"]
+mod tests;
