@@ -191,6 +191,33 @@ async fn live_and_cold_migration_move_ownership_roll_back_on_failure_and_cancel(
     // A finished operation cannot be cancelled.
     let late = w.cancel(&ended.id).await.unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition);
+
+    // The server's operations list newest first, page by page.
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = pb::ListOperationsRequest {
+            resource_id: id.clone(),
+            page_size: 2,
+            page_token: page_token.clone(),
+            ..Default::default()
+        };
+        let page = w
+            .call(|ch, t| {
+                let req = with_token(req.clone(), &t);
+                async move { OperationServiceClient::new(ch).list_operations(req).await }
+            })
+            .await
+            .expect("list operations");
+        listed.extend(page.operations);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(listed.len(), 6, "create, 2 live, cold, 2 cancelled");
+    assert_eq!(listed[0].id, ended.id, "the newest first");
+    assert_eq!(listed.last().unwrap().kind, "create");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -22,6 +22,22 @@ fn visible(p: &Principal, o: &Operation) -> bool {
     p.admin || p.in_project(&o.project_id)
 }
 
+/// Sort key putting newer operations first.
+fn newest_first(o: &Operation) -> (std::cmp::Reverse<u64>, &str) {
+    (std::cmp::Reverse(o.meta.create_revision), o.id.as_str())
+}
+
+fn parse_token(token: &str) -> Result<Option<(std::cmp::Reverse<u64>, String)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad =
+        || Status::invalid_argument(format!("page_token {token:?} is not one this API gave out"));
+    let (rev, id) = token.split_once(':').ok_or_else(bad)?;
+    let rev: u64 = rev.parse().map_err(|_| bad())?;
+    Ok(Some((std::cmp::Reverse(rev), id.to_owned())))
+}
+
 fn find<'s>(state: &'s State, p: &Principal, id: &str) -> Result<&'s Operation, Status> {
     required("operation_id", id)?;
     state
@@ -61,17 +77,29 @@ impl OperationService for OperationApi {
         } else {
             Some(scope)
         };
-        let (page, next) = paginate(
-            state.operations_after(&r.page_token).filter(|o| {
+        // Newest first: by creation revision, descending (ties by id); the page token is the
+        // last operation's "<revision>:<id>".
+        let after = parse_token(&r.page_token)?;
+        let mut matching: Vec<&Operation> = state
+            .operations_after("")
+            .filter(|o| {
                 visible(&p, o)
                     && project.as_ref().is_none_or(|id| &o.project_id == id)
                     && (r.resource_id.is_empty() || o.resource_id == r.resource_id)
                     && (r.kind.is_empty() || o.kind == r.kind)
                     && (r.parent_id.is_empty() || o.parent_id == r.parent_id)
                     && (r.states.is_empty() || r.states.contains(&(cc::op_state(o) as i32)))
+            })
+            .collect();
+        matching.sort_by(|a, b| newest_first(a).cmp(&newest_first(b)));
+        let (page, next) = paginate(
+            matching.into_iter().filter(|o| {
+                after
+                    .as_ref()
+                    .is_none_or(|t| newest_first(o) > (t.0, t.1.as_str()))
             }),
             page_size(r.page_size),
-            |o| o.id.clone(),
+            |o| format!("{}:{}", o.meta.create_revision, o.id),
         );
         Ok(Response::new(pb::ListOperationsResponse {
             operations: page.into_iter().map(|o| cc::operation(&state, o)).collect(),
