@@ -51,6 +51,21 @@ impl World {
         .map(|r| r.operation_id)
     }
 
+    async fn evacuate_server(&self, server: &str, host: &str) -> Result<String, tonic::Status> {
+        let req = pb::EvacuateServerRequest {
+            request_id: request_id(),
+            server: server.into(),
+            host: host.into(),
+            force: false,
+        };
+        self.call(|ch, t| {
+            let req = with_token(req.clone(), &t);
+            async move { ServerServiceClient::new(ch).evacuate_server(req).await }
+        })
+        .await
+        .map(|r| r.operation_id)
+    }
+
     async fn cancel(&self, op: &str) -> Result<pb::Operation, tonic::Status> {
         let req = pb::CancelOperationRequest {
             request_id: request_id(),
@@ -309,4 +324,59 @@ async fn evacuating_a_dead_host_survives_a_leader_kill_and_the_host_never_gets_t
         })
         .sum();
     assert_eq!(copies, 4, "each server runs exactly once");
+
+    // An operator fences node-b (still heartbeating): its lease is revoked, it cannot register
+    // again, and its servers can be evacuated at once.
+    let on_b = ids
+        .iter()
+        .find(|id| b.with(|s| s.local.contains_key(*id)))
+        .cloned()
+        .expect("a server on node-b");
+    let force = |forced_down: bool| pb::SetHostForceDownRequest {
+        request_id: request_id(),
+        host: "node-b".into(),
+        forced_down,
+    };
+    let refused = w.evacuate_server(&on_b, "node-a").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let req = force(true);
+    w.call(|ch, t| {
+        let req = with_token(req.clone(), &t);
+        async move { HostServiceClient::new(ch).set_host_force_down(req).await }
+    })
+    .await
+    .expect("force down");
+    let registered = b.with(|s| s.registered);
+    let op = w.evacuate_server(&on_b, "node-a").await.expect("evacuate");
+    let done = w.wait_op(&op).await;
+    assert_eq!(done.state(), pb::OperationState::Succeeded, "{done:?}");
+    let s = w.wait_status(&on_b, pb::ServerStatus::Active).await;
+    assert_eq!((s.host.as_str(), s.placement_generation), ("node-a", 3));
+    wait_for(CONVERGE, "node-b's lease revoked", || async {
+        let hosts = w.hosts().await;
+        let h = hosts.iter().find(|h| h.hostname == "node-b").unwrap();
+        (h.forced_down && h.state() == pb::HostState::Down && b.with(|s| s.lease_id) > 0)
+            .then_some(())
+            .ok_or(format!("{:?}", h.state()))
+    })
+    .await;
+    assert_eq!(
+        b.with(|s| s.registered),
+        registered,
+        "no new lease while fenced"
+    );
+    let req = force(false);
+    w.call(|ch, t| {
+        let req = with_token(req.clone(), &t);
+        async move { HostServiceClient::new(ch).set_host_force_down(req).await }
+    })
+    .await
+    .expect("clear force down");
+    w.wait_hosts_up(3).await;
+    wait_for(CONVERGE, "node-b dropped the moved server", || async {
+        (!b.with(|s| s.local.contains_key(&on_b)))
+            .then_some(())
+            .ok_or("still there".to_owned())
+    })
+    .await;
 }

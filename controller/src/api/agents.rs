@@ -170,9 +170,21 @@ impl AgentApi {
         while let Some(Ok(m)) = stream.next().await {
             match m.msg {
                 Some(In::Heartbeat(hb)) => {
-                    if hb.lease_id != lease_id || !self.hub.heartbeat(&host_id, lease_id) {
+                    let fenced = self
+                        .api
+                        .node
+                        .state()
+                        .host(&host_id)
+                        .is_some_and(|h| h.forced_down);
+                    if fenced || hb.lease_id != lease_id || !self.hub.heartbeat(&host_id, lease_id)
+                    {
+                        let reason = if fenced {
+                            "the host was forced down by an operator"
+                        } else {
+                            "the lease was superseded; register again"
+                        };
                         let revoked = pb::LeaseRevoked {
-                            reason: "the lease was superseded; register again".into(),
+                            reason: reason.into(),
                         };
                         let _ = tx.send(msg(Out::LeaseRevoked(revoked))).await;
                         break;

@@ -64,6 +64,13 @@ impl State {
                 validate::name("host", &info.hostname).map_err(Rejection::Invalid)?;
                 let existing = self.host_names.get(&info.hostname).cloned();
                 let (mut host, action) = match existing.and_then(|id| self.hosts.get(&id)) {
+                    // A fenced host gets no lease (I7) until an operator clears the mark.
+                    Some(h) if h.forced_down => {
+                        return Err(Rejection::FailedPrecondition(format!(
+                            "host {:?} is forced down by an operator; clear the mark with                              `flotilla host set --no-force-down {}` once it is healthy",
+                            h.info.hostname, h.info.hostname
+                        )))
+                    }
                     Some(h) => (h.clone(), EventAction::Updated),
                     None => {
                         if self.hosts.contains_key(host_id) {
