@@ -46,6 +46,8 @@ pub struct Member {
     pub name: String,
     /// `host:port` of the client API.
     pub client_addr: String,
+    /// `host:port` of the peer listener (Raft; Flotilla agents connect here too).
+    pub peer_addr: String,
     /// Flotilla: the configured Raft id. etcd: the member id it reports in response headers.
     pub raft_id: u64,
     pub child: Option<Child>,
@@ -170,6 +172,7 @@ impl Cluster {
             self.members.push(Member {
                 name: name.clone(),
                 client_addr: c.clone(),
+                peer_addr: p.clone(),
                 raft_id: *id,
                 pid: child.id(),
                 child: Some(child),
@@ -245,6 +248,7 @@ impl Cluster {
             self.members.push(Member {
                 name: name.clone(),
                 client_addr: c.clone(),
+                peer_addr: p.clone(),
                 raft_id: 0,
                 pid: child.id(),
                 child: Some(child),

@@ -6,6 +6,7 @@
 //! `target/release/flotilla-controller`, etcd from PATH), each member in a temporary data
 //! directory, and stops them by pid and removes the directories when it ends.
 mod auth;
+mod boot;
 mod cluster;
 mod cpu;
 mod images;
@@ -53,6 +54,9 @@ enum Cmd {
     /// Placements committed per second and request-to-placed latency with many simulated
     /// agent hosts (Flotilla only).
     Placement(placement::PlacementArgs),
+    /// Create-to-running on real libvirt + QEMU through the control plane, next to
+    /// `qemu-img create` + `virsh define` + `virsh start` by hand (Flotilla only).
+    BootReal(boot::BootArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -282,6 +286,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Images(a) => images::run(a).await,
         Cmd::Auth(a) => auth::run(a).await,
         Cmd::Placement(a) => placement::main(a).await,
+        Cmd::BootReal(a) => boot::run(a).await,
     }
 }
 
