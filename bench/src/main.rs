@@ -9,6 +9,7 @@ mod auth;
 mod boot;
 mod cluster;
 mod cpu;
+mod evacuate;
 mod images;
 mod load;
 mod placement;
@@ -54,6 +55,9 @@ enum Cmd {
     /// Placements committed per second and request-to-placed latency with many simulated
     /// agent hosts (Flotilla only).
     Placement(placement::PlacementArgs),
+    /// From a host's death to all of its servers running elsewhere (simulated agents, default
+    /// lease settings): detection and `host evacuate` timed separately.
+    Evacuate(evacuate::EvacuateArgs),
     /// Create-to-running on real libvirt + QEMU through the control plane, next to
     /// `qemu-img create` + `virsh define` + `virsh start` by hand (Flotilla only).
     BootReal(boot::BootArgs),
@@ -286,6 +290,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Images(a) => images::run(a).await,
         Cmd::Auth(a) => auth::run(a).await,
         Cmd::Placement(a) => placement::main(a).await,
+        Cmd::Evacuate(a) => evacuate::main(a).await,
         Cmd::BootReal(a) => boot::run(a).await,
     }
 }

@@ -103,6 +103,8 @@ pub(crate) async fn sim_agent(
                     match m.msg {
                         Some(Out::Registered(r)) => {
                             lease = r.lease_id;
+                            let period = Duration::from_millis(r.heartbeat_interval_ms.max(100));
+                            beat = tokio::time::interval(period);
                             if !told {
                                 told = true;
                                 let _ = registered.send(()).await;

@@ -149,9 +149,9 @@ pub struct ComputeSettings {
 impl Default for ComputeSettings {
     fn default() -> Self {
         ComputeSettings {
-            lease_ttl_ms: 10_000,
-            heartbeat_interval_ms: 2_000,
-            lease_grace_ms: 5_000,
+            lease_ttl_ms: 6_000,
+            heartbeat_interval_ms: 1_000,
+            lease_grace_ms: 2_000,
             allocation_ratios: Default::default(),
         }
     }

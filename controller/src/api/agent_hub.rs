@@ -29,9 +29,9 @@ pub struct LeaseSettings {
 impl Default for LeaseSettings {
     fn default() -> LeaseSettings {
         LeaseSettings {
-            ttl: Duration::from_secs(10),
-            heartbeat_interval: Duration::from_secs(2),
-            grace: Duration::from_secs(5),
+            ttl: Duration::from_secs(6),
+            heartbeat_interval: Duration::from_secs(1),
+            grace: Duration::from_secs(2),
         }
     }
 }
