@@ -40,6 +40,8 @@ use crate::transfer::{self, Controllers};
 
 /// Finished commands remembered for answering repeats.
 const REMEMBERED: usize = 1024;
+/// How long the scan after a command may delay its result.
+const REFRESH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Console output returned at most.
 const CONSOLE_MAX_BYTES: usize = 1 << 20;
 
@@ -150,8 +152,15 @@ impl Dispatcher {
                 me.host.forget_active(server_id);
             }
             // The host as the command left it goes out before the result, so the controller
-            // never reads a state seen halfway through the command after it.
-            me.host.refresh(&me.link).await;
+            // never reads a state seen halfway through the command after it. Bounded: libvirt
+            // can hold a scan for as long as a broken migration holds the domain's job, and
+            // the result must not wait for that (the executor reports the host later).
+            if tokio::time::timeout(REFRESH_LIMIT, me.host.refresh(&me.link))
+                .await
+                .is_err()
+            {
+                tracing::warn!(operation = %c.operation_id, step = %c.step, "could not read the host within {REFRESH_LIMIT:?} after the command; answering without");
+            }
             me.answer(&c, ok, message);
             me.link.kick();
         });

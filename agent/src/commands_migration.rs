@@ -38,14 +38,14 @@ use super::Dispatcher;
 use crate::driver::disks::DiskRef;
 use crate::driver::domain_xml;
 use crate::driver::{HypervisorError, MigrationRequest, PowerState};
-use crate::executor::{error_chain, HoldGuard};
+use crate::executor::{error_chain, HoldGuard, Host};
 use crate::render::domain::{domain_name, render_domain, DiskRole};
-use crate::session::Outgoing;
+use crate::session::{Link, Outgoing};
 
 /// How long a migration call may keep running after it was aborted before the step is
 /// answered anyway (libvirt can take minutes to notice a dead peer); the server stays held
 /// until the call returns.
-const ABORT_GRACE: Duration = Duration::from_secs(15);
+const ABORT_GRACE: Duration = Duration::from_secs(10);
 const GIB: u64 = 1 << 30;
 
 /// Migrations running on this host, by server id: how to cancel each.
@@ -433,9 +433,22 @@ impl Dispatcher {
         };
         let deadline = tokio::time::Instant::now() + timeout;
         let mut give_up = tokio::time::Instant::now() + timeout + ABORT_GRACE;
-        let mut tick = tokio::time::interval(self.migration.progress_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        tick.tick().await;
+        // Progress in a task of its own: reading job statistics waits for libvirt's job lock,
+        // which a stuck migration can hold for long; the deadline must not wait for it.
+        let reporter = {
+            let (link, host, name) = (self.link.clone(), self.host.clone(), name.clone());
+            let (operation_id, step) = (c.operation_id.clone(), c.step.clone());
+            let every = self.migration.progress_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    report_progress(&link, &host, &operation_id, &step, &name).await;
+                }
+            })
+        };
         let mut stop: Option<Stop> = None;
         let outcome = loop {
             tokio::select! {
@@ -457,18 +470,32 @@ impl Dispatcher {
                     self.abort_in_background(&name);
                 }
                 _ = tokio::time::sleep_until(give_up), if stop.is_some() => break None,
-                _ = tick.tick() => self.report_progress(c, &name).await,
             }
         };
+        reporter.abort();
         let elapsed = started.elapsed();
         let source = &self.hostname;
         if outcome.is_none() {
             // libvirt has not given up yet: keep the server held until it does.
             let server_id = server_id.to_owned();
             let link = self.link.clone();
+            let host = self.host.clone();
             tokio::spawn(async move {
                 let late = call.await;
                 tracing::info!(server = %server_id, "the aborted migration call returned: {late:?}");
+                // libvirt may leave the source paused after a broken migration: running again.
+                let resume = kind == Kind::Live && link.lease.is_valid();
+                let resumed = host
+                    .blocking(move |hv, _| match hv.info(&name) {
+                        Ok(i) if resume && i.power == PowerState::Paused => {
+                            hv.resume(&name).map_err(hv_err)
+                        }
+                        _ => Ok(()),
+                    })
+                    .await;
+                if let Err(e) = resumed {
+                    tracing::error!(server = %server_id, "could not resume the domain after the aborted migration: {e}");
+                }
                 drop(hold);
                 link.kick();
             });
@@ -518,29 +545,29 @@ impl Dispatcher {
             }
         });
     }
+}
 
-    async fn report_progress(&self, c: &pb::AgentCommand, name: &str) {
-        let name = name.to_owned();
-        let progress = self
-            .host
-            .blocking(move |hv, _| hv.job_progress(&name).map_err(hv_err))
-            .await;
-        let Ok(Some(p)) = progress else { return };
-        self.link.send(Outgoing {
-            session: None,
-            msg: In::StepResult(pb::AgentStepResult {
-                operation_id: c.operation_id.clone(),
-                step: c.step.clone(),
-                finished: false,
-                ok: false,
-                message: String::new(),
-                progress: Some(pb::OperationProgress {
-                    phase: p.phase.as_str().to_owned(),
-                    percent: p.percent(),
-                    bytes_done: p.bytes_done,
-                    bytes_total: p.bytes_total,
-                }),
+/// Sends the migration's progress (from libvirt's job statistics) as an unfinished step result.
+async fn report_progress(link: &Link, host: &Host, operation_id: &str, step: &str, name: &str) {
+    let name = name.to_owned();
+    let progress = host
+        .blocking(move |hv, _| hv.job_progress(&name).map_err(hv_err))
+        .await;
+    let Ok(Some(p)) = progress else { return };
+    link.send(Outgoing {
+        session: None,
+        msg: In::StepResult(pb::AgentStepResult {
+            operation_id: operation_id.to_owned(),
+            step: step.to_owned(),
+            finished: false,
+            ok: false,
+            message: String::new(),
+            progress: Some(pb::OperationProgress {
+                phase: p.phase.as_str().to_owned(),
+                percent: p.percent(),
+                bytes_done: p.bytes_done,
+                bytes_total: p.bytes_total,
             }),
-        });
-    }
+        }),
+    });
 }

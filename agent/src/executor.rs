@@ -434,8 +434,13 @@ async fn execute(
         }
         let _lock = match step.server_id() {
             Some(id) => {
-                let lock = host.lock_of(id).lock_owned().await;
-                if host.is_held(id) {
+                // Busy: a command holds the server (or is about to). Whatever it does makes
+                // this plan's view of the server stale, so re-plan from a fresh scan rather
+                // than wait and then act on it (e.g. resume a domain that has migrated away).
+                let Ok(lock) = host.lock_of(id).try_lock_owned() else {
+                    return Executed::Interrupted;
+                };
+                if host.is_held(id) || host.departed.lock().contains_key(id) {
                     return Executed::Interrupted;
                 }
                 Some(lock)

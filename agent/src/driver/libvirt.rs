@@ -12,11 +12,13 @@
 //!
 //! Migration: [`Hypervisor::migrate`] is `virDomainMigrateToURI3` peer to peer
 //! (`PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE`, plus `LIVE` and `NON_SHARED_INC` as asked) with
-//! the destination XML. The call blocks while the migration runs (for minutes when the network
-//! to the destination breaks); [`Hypervisor::job_progress`] (`virDomainGetJobStats`) works on
-//! the shared connection meanwhile. The `virt` crate (0.5) has no binding for
-//! `virDomainAbortJob` and the workspace forbids unsafe code, so [`Hypervisor::abort_job`] runs
-//! `virsh -c <uri> domjobabort <name>`: its own connection, which a busy one cannot block.
+//! the destination XML as both `DEST_XML` and `PERSIST_XML`. The call blocks while the
+//! migration runs (for minutes when the network to the destination breaks), and it runs on a
+//! connection of its own: libvirt 9.0 was seen holding every other call on the connection a
+//! migration runs on until it ended, which would stall job progress, abort and the executor's
+//! scans. [`Hypervisor::job_progress`] is `virDomainGetJobInfo`. The `virt` crate (0.5) has no binding for `virDomainAbortJob` and the workspace
+//! forbids unsafe code, so [`Hypervisor::abort_job`] runs `virsh -c <uri> domjobabort <name>`:
+//! its own connection, which a busy one cannot block.
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -574,10 +576,19 @@ impl Hypervisor for LibvirtHypervisor {
         if request.copy_storage {
             flags |= virt::sys::VIR_MIGRATE_NON_SHARED_INC;
         }
+        // The destination XML for the running domain and for its persistent definition too:
+        // without PERSIST_XML, PERSIST_DEST would define the source's persistent definition
+        // there (the source's disk paths and generation).
         let params = virt::domain::MigrateParameters {
             dest_xml: Some(request.dest_xml.clone()),
+            persist_xml: Some(request.dest_xml.clone()),
             ..Default::default()
         };
+        // Its own connection (see the module doc), closed when the call returns.
+        let own = Connect::open(Some(&self.uri)).map_err(|e| self.connect_error(&e))?;
+        let dom = own
+            .lookup_domain_by_name(name)
+            .map_err(|e| self.error(e, ACTION, name))?;
         dom.migrate_to_uri3(Some(&request.dest_uri), params, flags)
             .map_err(|e| match e.code() {
                 Enum::Known(ErrorNumber::OperationAborted) => HypervisorError::MigrationAborted {
@@ -591,10 +602,9 @@ impl Hypervisor for LibvirtHypervisor {
     fn job_progress(&self, name: &str) -> Result<Option<JobProgress>, HypervisorError> {
         const ACTION: &str = "read the job of";
         let dom = self.lookup(name, ACTION)?;
-        let stats = match dom.job_stats(0) {
-            Ok(s) => s,
-            Err(e) => return Err(self.error(e, ACTION, name)),
-        };
+        // virDomainGetJobInfo rather than the crate's job_stats, which builds a Vec from a
+        // null pointer when no job runs (undefined behaviour; a panic in debug builds).
+        let stats = dom.job_info().map_err(|e| self.error(e, ACTION, name))?;
         if stats.r#type == virt::sys::VIR_DOMAIN_JOB_NONE as i32 {
             return Ok(None);
         }
@@ -624,10 +634,9 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn abort_job(&self, name: &str) -> Result<bool, HypervisorError> {
         const ACTION: &str = "abort the job of";
+        // Straight to virsh: reading the job first would wait for the job lock a stuck
+        // migration holds. `ours` reads only the persistent definition, which needs no job.
         self.ours(name, ACTION)?;
-        if self.job_progress(name)?.is_none() {
-            return Ok(false);
-        }
         let argv = ["-c", &self.uri, "domjobabort", name].map(Into::into);
         match process::run(std::path::Path::new("virsh"), &argv, ABORT_TIMEOUT) {
             Ok(_) => Ok(true),

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Each test binary uses a different part.
 
 pub mod libvirtd;
+pub mod two_hosts;
 
 use std::collections::HashMap;
 use std::future::Future;

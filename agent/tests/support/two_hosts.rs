@@ -1,0 +1,333 @@
+//! Two compute "hosts" on one machine for real migration tests: each a network namespace (a
+//! veth on a Linux bridge, its own 10.x address) plus a private mount namespace with its own
+//! `/etc/libvirt`, `/var/lib/libvirt`, `/run/libvirt`, `/var/cache/libvirt` and
+//! `/var/log/libvirt`, running its own `virtlogd` and `libvirtd --listen` (TCP without auth,
+//! a distinct host UUID, QEMU migrating on the host's address). See the recipe
+//! `/work/shared/recipes/two-hosts.sh`.
+//!
+//! Safety: the bridge gets an address in the root namespace first, and setup checks that
+//! `ip route get <host address>` names the bridge before any traffic, so test traffic only
+//! ever goes to these namespaces (or loopback), never off the machine by the default route.
+//! Names carry the test process id, so concurrent test runs do not collide. Everything is torn
+//! down on drop by pid (QEMU pid files, libvirtd's own pid, virtlogd's pid file), never by name.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_agent::driver::libvirt::LibvirtHypervisor;
+
+use super::libvirtd::find_tool;
+
+/// Why two hosts cannot be set up here, if they cannot (on top of
+/// [`super::libvirtd::missing_prerequisite`]).
+pub fn missing_prerequisite() -> Option<String> {
+    if let Some(r) = super::libvirtd::missing_prerequisite() {
+        return Some(r);
+    }
+    for tool in ["ip", "qemu-io"] {
+        if find_tool(tool).is_none() {
+            return Some(format!("{tool} is not installed (iproute2, qemu-utils)"));
+        }
+    }
+    if !Path::new("/proc/sys/net").exists() {
+        return Some("no network namespaces here".into());
+    }
+    None
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run_quiet(program: &str, args: &[&str]) {
+    let _ = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// One host: namespace, address, directories, daemons.
+pub struct Host {
+    pub name: String,
+    pub netns: String,
+    /// The host end of the veth on the bridge (set it down to cut the host off).
+    pub veth: String,
+    pub address: String,
+    pub dir: PathBuf,
+    libvirtd: Option<Child>,
+}
+
+impl Host {
+    /// The libvirt URI of this host's libvirtd through its unix socket (works from the root
+    /// namespace: the socket lives in the test's directory).
+    pub fn uri(&self) -> String {
+        format!(
+            "qemu+unix:///system?socket={}",
+            self.dir.join("run/libvirt-sock").display()
+        )
+    }
+
+    /// The URI other hosts' libvirtd reach this one at (peer-to-peer migration).
+    pub fn tcp_uri(&self) -> String {
+        format!("qemu+tcp://{}/system", self.address)
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |p: &str| fs::read(self.dir.join(p)).unwrap_or_default();
+        let tail = |s: Vec<u8>| {
+            let start = s.len().saturating_sub(8000);
+            String::from_utf8_lossy(&s[start..]).into_owned()
+        };
+        format!(
+            "--- {} libvirtd.out\n{}\n--- libvirtd.log (tail)\n{}",
+            self.name,
+            String::from_utf8_lossy(&read("libvirtd.out")),
+            tail(read("log/libvirtd.log"))
+        )
+    }
+
+    /// Cuts the host off the bridge (or reconnects it).
+    pub fn set_link(&self, up: bool) {
+        run(
+            "ip",
+            &["link", "set", &self.veth, if up { "up" } else { "down" }],
+        );
+    }
+
+    fn start_daemons(&mut self) {
+        let dirs = [
+            ("etc", "/etc/libvirt"),
+            ("run", "/run/libvirt"),
+            ("lib", "/var/lib/libvirt"),
+            ("cache", "/var/cache/libvirt"),
+            ("log", "/var/log/libvirt"),
+        ];
+        let mut script = String::from("set -e\n");
+        for (own, system) in dirs {
+            script += &format!(
+                "mkdir -p {system}\nmount --bind '{}' {system}\n",
+                self.dir.join(own).display()
+            );
+        }
+        script += &format!(
+            "virtlogd -d -f /etc/libvirt/virtlogd.conf -p '{}'\n\
+             exec libvirtd --listen -f /etc/libvirt/libvirtd.conf -p '{}'\n",
+            self.dir.join("virtlogd.pid").display(),
+            self.dir.join("libvirtd.pid").display()
+        );
+        let log = fs::File::create(self.dir.join("libvirtd.out")).unwrap();
+        // `ip netns exec` and `unshare` exec in place: the child's pid is libvirtd's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "unshare", "-m"])
+            .args(["--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("ip netns exec");
+        self.libvirtd = Some(child);
+    }
+
+    /// Connects to this host's libvirtd once it answers.
+    pub fn connect(&mut self) -> LibvirtHypervisor {
+        let uri = self.uri();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(Ok(Some(status))) = self.libvirtd.as_mut().map(Child::try_wait) {
+                panic!(
+                    "libvirtd of {} exited ({status}):\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            if self.dir.join("run/libvirt-sock").exists() {
+                match LibvirtHypervisor::connect(&uri) {
+                    Ok(hv) => return hv,
+                    Err(e) if Instant::now() >= deadline => panic!("{e}\n{}", self.logs()),
+                    Err(_) => {}
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "libvirtd of {} did not start:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Ok(entries) = fs::read_dir(self.dir.join("run/qemu")) {
+            for entry in entries.flatten() {
+                // driver.pid is libvirtd's own lock file, stopped below.
+                let qemu = entry.path().extension().is_some_and(|e| e == "pid")
+                    && entry.file_name() != "driver.pid";
+                if qemu {
+                    if let Ok(pid) = fs::read_to_string(entry.path()) {
+                        run_quiet("kill", &["-KILL", pid.trim()]);
+                    }
+                }
+            }
+        }
+        if let Some(mut child) = self.libvirtd.take() {
+            run_quiet("kill", &["-TERM", &child.id().to_string()]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !matches!(child.try_wait(), Ok(Some(_))) {
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if let Ok(pid) = fs::read_to_string(self.dir.join("virtlogd.pid")) {
+            run_quiet("kill", &["-TERM", pid.trim()]);
+        }
+    }
+}
+
+/// The bridge and both hosts; torn down on drop.
+pub struct TwoHosts {
+    pub bridge: String,
+    pub hosts: Vec<Host>,
+}
+
+impl TwoHosts {
+    /// Sets up the bridge, `hA` and `hB` under `root`, and starts their daemons.
+    pub fn start(root: &Path) -> TwoHosts {
+        let n = std::process::id() % 100_000;
+        // A /24 per test process, so parallel runs do not share addresses.
+        let net = 20 + std::process::id() % 200;
+        let bridge = format!("flb{n}");
+        let mut me = TwoHosts {
+            bridge: bridge.clone(),
+            hosts: Vec::new(),
+        };
+        run("ip", &["link", "add", &bridge, "type", "bridge"]);
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("10.77.{net}.254/24"),
+                "dev",
+                &bridge,
+            ],
+        );
+        run("ip", &["link", "set", &bridge, "up"]);
+        for (i, h) in ["hA", "hB"].into_iter().enumerate() {
+            let address = format!("10.77.{net}.{}", i + 1);
+            // Before any traffic: the route to the host must be our bridge.
+            let route = run("ip", &["-o", "route", "get", &address]);
+            assert!(
+                route.contains(&format!("dev {bridge} ")),
+                "no local route to {address} through {bridge}: {route}"
+            );
+            let host = Host {
+                name: h.to_owned(),
+                netns: format!("flns{n}{h}"),
+                veth: format!("flv{n}{h}"),
+                address,
+                dir: root.join(h),
+                libvirtd: None,
+            };
+            run("ip", &["netns", "add", &host.netns]);
+            me.hosts.push(host);
+            let host = me.hosts.last_mut().unwrap();
+            run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &host.veth,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    &host.netns,
+                ],
+            );
+            run("ip", &["link", "set", &host.veth, "master", &bridge, "up"]);
+            let ns = host.netns.clone();
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", host.address),
+                    "dev",
+                    "eth0",
+                ],
+            );
+            run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+            for d in ["etc", "lib", "run", "cache", "log"] {
+                fs::create_dir_all(host.dir.join(d)).unwrap();
+            }
+            fs::write(
+                host.dir.join("etc/libvirtd.conf"),
+                format!(
+                    "listen_tls = 0\nlisten_tcp = 1\nlisten_addr = \"{}\"\nauth_tcp = \"none\"\n\
+                     auth_unix_rw = \"none\"\nauth_unix_ro = \"none\"\nunix_sock_group = \"root\"\n\
+                     host_uuid = \"00000000-0000-4000-8000-00000000000{}\"\n\
+                     keepalive_interval = 2\nkeepalive_count = 3\n\
+                     log_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n",
+                    host.address,
+                    i + 1
+                ),
+            )
+            .unwrap();
+            fs::write(
+                host.dir.join("etc/qemu.conf"),
+                format!(
+                    "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\n\
+                     security_driver = \"none\"\ncgroup_controllers = [ ]\nstdio_handler = \"file\"\n\
+                     migration_address = \"{0}\"\nmigration_host = \"{0}\"\n",
+                    host.address
+                ),
+            )
+            .unwrap();
+            fs::write(host.dir.join("etc/virtlogd.conf"), "").unwrap();
+            host.start_daemons();
+        }
+        me
+    }
+
+    pub fn a(&mut self) -> &mut Host {
+        &mut self.hosts[0]
+    }
+
+    pub fn b(&mut self) -> &mut Host {
+        &mut self.hosts[1]
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            h.stop();
+            run_quiet("ip", &["netns", "del", &h.netns]);
+            run_quiet("ip", &["link", "del", &h.veth]);
+        }
+        run_quiet("ip", &["link", "del", &self.bridge]);
+    }
+}
