@@ -340,6 +340,13 @@ async fn real_live_migration_between_two_libvirt_hosts() {
         "the counter continued ({before} then {at_b:?})"
     );
     assert!(at_b.windows(2).all(|w| w[1] > w[0]), "{at_b:?}");
+    // No gap either: B goes on where A's console stopped.
+    let a_last = *ticks(&console_a).last().unwrap();
+    assert!(
+        at_b[0] >= a_last && at_b[0] <= a_last + 2,
+        "A stopped at tick {a_last}, B started at {}",
+        at_b[0]
+    );
     assert!(!text_b.contains("GUEST-BOOTED"), "no reboot at B: {text_b}");
 
     // Ownership moves: A cleans up, B adopts the running domain.
@@ -371,6 +378,74 @@ async fn real_live_migration_between_two_libvirt_hosts() {
         "{read}"
     );
     assert_eq!(hv_b.info(&name).unwrap().power, PowerState::Running);
+
+    // 2c. Cold migration back to A (generation 3): shut down at B, started paused, storage
+    // copied; it arrives paused and A's planner resumes it once ownership moves (a cold boot).
+    a.ctl.set_desired(vec![a.incoming(id, 3)]).await;
+    let xml = a.prepare_generation(id, 3, "op-cold").await;
+    let boots_before = String::from_utf8_lossy(&std::fs::read(&console_a).unwrap())
+        .matches("GUEST-BOOTED")
+        .count();
+    let cold = Instant::now();
+    b.command(
+        "op-cold",
+        "migrate",
+        Payload::Migrate(pb::MigrateCommand {
+            server_id: sid.clone(),
+            destination_host: "host-a".into(),
+            destination_address: hosts.hosts[0].address.clone(),
+            destination_domain_xml: xml,
+            destination_generation: 3,
+            timeout_seconds: 120,
+        }),
+    )
+    .await;
+    let r = b.finished("op-cold", "migrate").await;
+    assert!(r.ok, "{r:?}");
+    eprintln!(
+        "timing: cold migration (shutdown 2 s timeout + paused copy) {:.2?}: {}",
+        cold.elapsed(),
+        r.message
+    );
+    assert!(hv_b.info(&name).unwrap_err().is_not_found(), "gone from B");
+    let info = hv_a.info(&name).unwrap();
+    assert_eq!(
+        (info.power, info.server.unwrap().generation),
+        (PowerState::Paused, 3),
+        "{info:?}"
+    );
+    b.ctl.set_desired(vec![]).await;
+    a.ctl.set_desired(vec![a.server(id, 3)]).await;
+    a.ctl.wait_running(&sid, 3).await;
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(120), "a cold boot on A", || {
+            let text = String::from_utf8_lossy(&std::fs::read(&console_a).unwrap()).into_owned();
+            (text.matches("GUEST-BOOTED").count() > boots_before).then_some(())
+        })
+    });
+    let overlay_a = a.state.join(format!("disks/{sid}/3/root.qcow2"));
+    let read = run(
+        "qemu-io",
+        &[
+            "-r",
+            "-U",
+            "-f",
+            "qcow2",
+            "-c",
+            "read -P 0x5a 2M 64k",
+            overlay_a.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        read.contains("read 65536/65536") && !read.contains("fail"),
+        "{read}"
+    );
+    wait_for(WAIT, "B's disks removed", || async {
+        (!b.state.join(format!("disks/{sid}")).exists())
+            .then_some(())
+            .ok_or_else(|| "still there".to_owned())
+    })
+    .await;
     drop((a, b));
     drop(hosts);
 }
@@ -486,12 +561,16 @@ impl Agent {
     }
 
     async fn prepare(&self, id: Uuid, operation_id: &str) -> String {
+        self.prepare_generation(id, 2, operation_id).await
+    }
+
+    async fn prepare_generation(&self, id: Uuid, generation: u64, operation_id: &str) -> String {
         let me = self;
         me.command(
             operation_id,
             "prepare",
             Payload::PrepareMigration(pb::PrepareMigrationCommand {
-                server: Some(me.incoming(id, 2)),
+                server: Some(me.incoming(id, generation)),
                 source_host: "host-a".into(),
                 source_address: String::new(),
                 live: true,
