@@ -15,289 +15,19 @@ mod support;
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_agent::driver::Hypervisor;
 use flotilla_agent::driver::PowerState;
-use flotilla_controller::certs::{write_certs, GenCertsArgs};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::flavor_service_client::FlavorServiceClient;
 use flotilla_proto::v1::host_service_client::HostServiceClient;
-use flotilla_proto::v1::identity_service_client::IdentityServiceClient;
 use flotilla_proto::v1::image_service_client::ImageServiceClient;
 use flotilla_proto::v1::server_service_client::ServerServiceClient;
+use support::e2e::*;
 use support::libvirtd::{guest, missing_prerequisite, Daemons};
 use support::wait_for;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Code, Request, Status};
-
-const PASSWORD: &str = "e2e-admin-password-42";
-const BOOT: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn authed<T>(msg: T, token: &str) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
-}
-
-/// The agent binary, killed by its pid when dropped.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(config: &Path, log: &Path) -> Agent {
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info,flotilla_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("flotilla-agent");
-        Agent {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- agent log tail\n{}", self.log_tail());
-        }
-    }
-}
-
-/// The public API with the admin's project-scoped token.
-struct Api {
-    channel: Channel,
-    token: String,
-}
-
-impl Api {
-    /// Calls `rpc`, retrying while the controller is not ready (UNAVAILABLE).
-    async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, Status>
-    where
-        F: Fn(Channel, String) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-    {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match rpc(self.channel.clone(), self.token.clone()).await {
-                Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => return other.map(|r| r.into_inner()),
-            }
-        }
-    }
-
-    async fn server(&self, id: &str) -> Result<pb::Server, Status> {
-        let req = pb::GetServerRequest {
-            server: id.into(),
-            stale: false,
-        };
-        self.call(|ch, t| {
-            let req = authed(req.clone(), &t);
-            async move { ServerServiceClient::new(ch).get_server(req).await }
-        })
-        .await
-    }
-
-    async fn wait_status(&self, id: &str, want: pb::ServerStatus, within: Duration) -> pb::Server {
-        wait_for(within, "the server status", || async {
-            let s = self.server(id).await.map_err(|e| format!("{e:?}"))?;
-            (s.status() == want && s.task_state.is_empty())
-                .then_some(s.clone())
-                .ok_or(format!(
-                    "{:?} task {:?} power {:?} fault {:?}",
-                    s.status(),
-                    s.task_state,
-                    s.power_state(),
-                    s.fault
-                ))
-        })
-        .await
-    }
-
-    async fn console(&self, id: &str) -> String {
-        let req = pb::GetConsoleLogRequest {
-            server: id.into(),
-            lines: 0,
-        };
-        self.call(|ch, t| {
-            let req = authed(req.clone(), &t);
-            async move { ServerServiceClient::new(ch).get_console_log(req).await }
-        })
-        .await
-        .map(|l| l.output)
-        .unwrap_or_default()
-    }
-
-    /// Waits until the console shows `n` boots.
-    async fn wait_boots(&self, id: &str, n: usize) {
-        wait_for(BOOT, "the guest to boot", || async {
-            let text = self.console(id).await;
-            let boots = text.matches("GUEST-BOOTED").count();
-            (boots >= n)
-                .then_some(())
-                .ok_or(format!("{boots} boots: ...{}", tail(&text, 300)))
-        })
-        .await
-    }
-
-    async fn upload_image(&self, name: &str, content: Vec<u8>) -> pb::Image {
-        let create = pb::CreateImageRequest {
-            request_id: request_id(),
-            name: name.into(),
-            disk_format: pb::ImageDiskFormat::Qcow2 as i32,
-            ..Default::default()
-        };
-        let image = self
-            .call(|ch, t| {
-                let req = authed(create.clone(), &t);
-                async move { ImageServiceClient::new(ch).create_image(req).await }
-            })
-            .await
-            .expect("create image");
-        let mut msgs = vec![pb::UploadImageRequest {
-            data: Some(pb::upload_image_request::Data::Header(
-                pb::UploadImageHeader {
-                    request_id: request_id(),
-                    image: image.id.clone(),
-                    size_bytes: content.len() as u64,
-                    ..Default::default()
-                },
-            )),
-        }];
-        msgs.extend(content.chunks(1 << 20).map(|c| pb::UploadImageRequest {
-            data: Some(pb::upload_image_request::Data::Chunk(c.to_vec())),
-        }));
-        let req = authed(tokio_stream::iter(msgs), &self.token);
-        let up = ImageServiceClient::new(self.channel.clone())
-            .upload_image(req)
-            .await
-            .expect("upload")
-            .into_inner();
-        assert_eq!(up.status(), pb::ImageStatus::Active, "{up:?}");
-        up
-    }
-}
-
-fn tail(text: &str, n: usize) -> &str {
-    let mut start = text.len().saturating_sub(n);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
-/// A qcow2 holding `mib` MiB of incompressible data (its download takes a while).
-fn big_qcow2(dir: &Path, mib: usize) -> Vec<u8> {
-    let raw = dir.join("big.raw");
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
-    let bytes: Vec<u8> = (0..mib << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    fs::write(&raw, bytes).unwrap();
-    let path = dir.join("big.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::read(path).unwrap()
-}
-
-/// A small qcow2 made by qemu-img (the guest's data disk).
-fn qcow2(dir: &Path, name: &str, size: &str) -> Vec<u8> {
-    let path = dir.join(name);
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&path)
-        .arg(size)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::read(path).unwrap()
-}
-
-fn backing_file(disk: &Path) -> String {
-    let out = Command::new("qemu-img")
-        .args(["info", "-U", "--output=json", "-f", "qcow2"])
-        .arg(disk)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    info["backing-filename"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// Issues TLS material for the controller `ctl` and the agent's host.
-fn certs(dir: &Path, host: &str) {
-    write_certs(&GenCertsArgs {
-        dir: dir.to_path_buf(),
-        nodes: vec!["ctl".into()],
-        clients: vec![host.into()],
-        sans: vec![],
-        force: false,
-    })
-    .expect("certificates");
-}
+use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_lives_its_whole_life_on_real_libvirt_through_the_api() {
@@ -315,51 +45,13 @@ async fn a_server_lives_its_whole_life_on_real_libvirt_through_the_api() {
     let hv = daemons.connect();
 
     // The controller: one member, TLS.
-    let tls = root.join("tls");
-    certs(&tls, "e2e-host");
-    let (client, peer) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    fs::write(root.join("admin-password"), PASSWORD).unwrap();
-    let config = format!(
-        "id = 1\nname = \"ctl\"\ndata_dir = \"{data}\"\nclient_listen = \"{client}\"\n\
-         peer_listen = \"{peer}\"\nbootstrap_admin_password_file = \"{pw}\"\n\n\
-         [[initial_members]]\nid = 1\nname = \"ctl\"\nclient_address = \"{client}\"\n\
-         peer_address = \"{peer}\"\n\n\
-         [tls]\nca = \"{tls}/ca.pem\"\ncert = \"{tls}/ctl.pem\"\nkey = \"{tls}/ctl.key\"\n\n\
-         [compute]\nlease_ttl_ms = 5000\nheartbeat_interval_ms = 500\nlease_grace_ms = 5000\n",
-        data = root.join("ctl").display(),
-        pw = root.join("admin-password").display(),
-        tls = tls.display(),
-    );
-    fs::write(root.join("controller.toml"), config).unwrap();
-    let config = flotilla_controller::config::ControllerConfig::load(&root.join("controller.toml"))
-        .unwrap()
-        .validate()
-        .unwrap();
-    let controller = tokio::spawn(flotilla_controller::server::run(config));
-
-    let ca = Certificate::from_pem(fs::read(tls.join("ca.pem")).unwrap());
-    let channel = Endpoint::from_shared(format!("https://{client}"))
-        .unwrap()
-        .tls_config(ClientTlsConfig::new().ca_certificate(ca))
-        .unwrap()
-        .connect_lazy();
-    let login = pb::LoginRequest {
-        user: "admin".into(),
-        password: PASSWORD.into(),
-        project: "admin".into(),
-    };
-    let token = wait_for(Duration::from_secs(60), "the admin login", || async {
-        IdentityServiceClient::new(channel.clone())
-            .login(login.clone())
-            .await
-            .map(|r| r.into_inner().token)
-            .map_err(|e| format!("{e:?}"))
-    })
+    let ctl = Controller::start(
+        root,
+        &["e2e-host"],
+        "lease_ttl_ms = 5000\nheartbeat_interval_ms = 500\nlease_grace_ms = 5000",
+    )
     .await;
-    let api = Api { channel, token };
+    let (api, peer, tls, controller) = (ctl.api, ctl.peer, ctl.tls, ctl.task);
 
     // Images, and a flavor booting the test kernel.
     let images = root.join("images");
@@ -632,8 +324,7 @@ async fn a_server_lives_its_whole_life_on_real_libvirt_through_the_api() {
         },
     )
     .await;
-    agent.child.kill().unwrap();
-    agent.child.wait().unwrap();
+    agent.kill();
     drop(agent);
     let name2 = format!("flotilla-{id2}");
     let s2 = api.server(&id2).await.unwrap();

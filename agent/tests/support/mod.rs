@@ -4,6 +4,7 @@
 //! poller; tests never sleep to synchronise.
 #![allow(dead_code)] // Each test binary uses a different part.
 
+pub mod e2e;
 pub mod libvirtd;
 pub mod two_hosts;
 

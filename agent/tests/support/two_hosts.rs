@@ -170,6 +170,16 @@ impl Host {
         }
     }
 
+    /// Powers the host off: its QEMU processes, libvirtd and virtlogd are killed (by pid).
+    pub fn power_off(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the host's daemons again after [`Self::power_off`].
+    pub fn power_on(&mut self) {
+        self.start_daemons();
+    }
+
     fn stop(&mut self) {
         if let Ok(entries) = fs::read_dir(self.dir.join("run/qemu")) {
             for entry in entries.flatten() {
