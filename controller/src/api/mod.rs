@@ -7,6 +7,8 @@ pub mod auth;
 pub mod authz;
 mod cluster;
 pub mod compute_convert;
+#[cfg(test)]
+mod compute_sim_tests;
 pub mod convert;
 pub mod error;
 mod events;

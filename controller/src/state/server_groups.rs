@@ -37,6 +37,15 @@ fn quota() -> ResourceDelta {
     [(Resource::ServerGroups, 1)].into_iter().collect()
 }
 
+/// The hosts a member counts on for its group's policy: where it is placed and, while a
+/// migration is under way, its destination (claimed already, and its host once it lands), so
+/// two members moving at the same time cannot both land on one host of an anti-affinity group.
+fn held_hosts(s: &Server) -> impl Iterator<Item = String> + '_ {
+    let placed = Some(&s.host_id).filter(|h| !h.is_empty());
+    let incoming = s.migration.as_ref().map(|m| &m.destination_host_id);
+    placed.into_iter().chain(incoming).cloned()
+}
+
 fn change(g: &ServerGroup, action: EventAction) -> Change<'static> {
     Change {
         resource_type: "server_group",
@@ -121,8 +130,7 @@ impl State {
                 .members
                 .iter()
                 .filter_map(|id| self.servers.get(id))
-                .filter(|s| !s.host_id.is_empty())
-                .map(|s| s.host_id.clone())
+                .flat_map(held_hosts)
                 .collect(),
         }
     }
@@ -137,8 +145,7 @@ impl State {
             .iter()
             .filter(|id| **id != server.id)
             .filter_map(|id| self.servers.get(id))
-            .filter(|s| !s.host_id.is_empty())
-            .map(|s| s.host_id.clone())
+            .flat_map(held_hosts)
             .collect();
         Some(view)
     }

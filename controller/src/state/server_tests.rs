@@ -660,3 +660,6 @@ fn deleted_servers_leave_their_group_and_a_group_with_members_can_be_deleted() {
 
 #[path = "move_tests.rs"]
 mod move_tests;
+
+#[path = "group_move_tests.rs"]
+mod group_move_tests;
