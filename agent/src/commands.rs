@@ -64,7 +64,7 @@ pub struct Dispatcher {
     /// `[migration]` of the agent's configuration.
     pub migration: Migration,
     commands: Mutex<Remembered>,
-    migrations: migration::Running,
+    migrations: Arc<migration::Running>,
 }
 
 impl Dispatcher {
@@ -82,7 +82,7 @@ impl Dispatcher {
             hostname,
             migration,
             commands: Mutex::new((HashMap::new(), VecDeque::new())),
-            migrations: migration::Running::default(),
+            migrations: Arc::default(),
         }
     }
 
@@ -121,9 +121,16 @@ impl Dispatcher {
             }
             commands.0.insert(key.clone(), State::Running);
         }
+        // A migration is registered (cancellable) right away, in the order commands arrive, so
+        // an AbortMigration right behind it always finds it.
+        let registered = match &c.payload {
+            Some(Payload::LiveMigrate(m)) => Some(self.migrations.register(&m.server_id)),
+            Some(Payload::Migrate(m)) => Some(self.migrations.register(&m.server_id)),
+            _ => None,
+        };
         let me = self.clone();
         tokio::spawn(async move {
-            let result = me.execute(&c).await;
+            let result = me.execute(&c, registered).await;
             let (ok, message) = match result {
                 Ok(note) => (true, note),
                 Err(e) => {
@@ -180,14 +187,24 @@ impl Dispatcher {
         });
     }
 
-    async fn execute(&self, c: &pb::AgentCommand) -> Result<String, String> {
+    async fn execute(
+        &self,
+        c: &pb::AgentCommand,
+        registered: Option<migration::Registered>,
+    ) -> Result<String, String> {
         match &c.payload {
             Some(Payload::Reboot(r)) => self.reboot(r).await,
             Some(Payload::Rebuild(r)) => self.rebuild(r).await,
             Some(Payload::Snapshot(s)) => self.snapshot(&c.operation_id, s).await,
             Some(Payload::PrepareMigration(p)) => self.prepare_migration(p).await,
-            Some(Payload::LiveMigrate(m)) => self.live_migrate(c, m).await,
-            Some(Payload::Migrate(m)) => self.cold_migrate(c, m).await,
+            Some(Payload::LiveMigrate(m)) => {
+                let r = registered.unwrap_or_else(|| self.migrations.register(&m.server_id));
+                self.live_migrate(c, m, r).await
+            }
+            Some(Payload::Migrate(m)) => {
+                let r = registered.unwrap_or_else(|| self.migrations.register(&m.server_id));
+                self.cold_migrate(c, m, r).await
+            }
             Some(Payload::AbortMigration(a)) => self.abort_migration(a).await,
             Some(Payload::DestroyStale(d)) => self.destroy_stale(d).await,
             None => Err("the command has no payload".into()),

@@ -46,29 +46,68 @@ use crate::session::{Link, Outgoing};
 /// answered anyway (libvirt can take minutes to notice a dead peer); the server stays held
 /// until the call returns.
 const ABORT_GRACE: Duration = Duration::from_secs(10);
+/// How often an abort is repeated while the migration call has not returned.
+const ABORT_RETRY: Duration = Duration::from_secs(3);
 const GIB: u64 = 1 << 30;
 
-/// Migrations running on this host, by server id: how to cancel each.
+/// Migrations on this host (running, or waiting for their server), by server id: how to
+/// cancel each.
 #[derive(Default)]
 pub struct Running {
-    by_server: parking_lot::Mutex<HashMap<String, Arc<Notify>>>,
+    by_server: parking_lot::Mutex<HashMap<String, Vec<Arc<Cancel>>>>,
 }
 
-/// Removes a migration from [`Running`] when it ends.
-struct Registered<'a> {
-    running: &'a Running,
+/// A cancellation request for one migration.
+#[derive(Default)]
+struct Cancel {
+    requested: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Cancel {
+    fn request(&self) {
+        self.requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    fn is_requested(&self) -> bool {
+        self.requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Running {
+    /// Registers a migration of `server_id` until the returned guard drops.
+    pub(super) fn register(self: &Arc<Self>, server_id: &str) -> Registered {
+        let cancel = Arc::new(Cancel::default());
+        self.by_server
+            .lock()
+            .entry(server_id.to_owned())
+            .or_default()
+            .push(cancel.clone());
+        Registered {
+            running: self.clone(),
+            server_id: server_id.to_owned(),
+            cancel,
+        }
+    }
+}
+
+/// A registered migration; removed from [`Running`] when it ends.
+pub struct Registered {
+    running: Arc<Running>,
     server_id: String,
-    cancel: Arc<Notify>,
+    cancel: Arc<Cancel>,
 }
 
-impl Drop for Registered<'_> {
+impl Drop for Registered {
     fn drop(&mut self) {
         let mut map = self.running.by_server.lock();
-        if map
-            .get(&self.server_id)
-            .is_some_and(|c| Arc::ptr_eq(c, &self.cancel))
-        {
-            map.remove(&self.server_id);
+        if let Some(list) = map.get_mut(&self.server_id) {
+            list.retain(|c| !Arc::ptr_eq(c, &self.cancel));
+            if list.is_empty() {
+                map.remove(&self.server_id);
+            }
         }
     }
 }
@@ -170,6 +209,7 @@ impl Dispatcher {
         &self,
         c: &pb::AgentCommand,
         m: &pb::LiveMigrateCommand,
+        registered: Registered,
     ) -> Result<String, String> {
         let hold = self.host.hold(&m.server_id).await;
         self.require_lease("live-migrate")?;
@@ -202,6 +242,7 @@ impl Dispatcher {
             .run_migration(
                 c,
                 hold,
+                &registered.cancel,
                 Kind::Live,
                 &m.server_id,
                 request,
@@ -240,9 +281,16 @@ impl Dispatcher {
         &self,
         c: &pb::AgentCommand,
         m: &pb::MigrateCommand,
+        registered: Registered,
     ) -> Result<String, String> {
         let hold = self.host.hold(&m.server_id).await;
         self.require_lease("migrate")?;
+        if registered.cancel.is_requested() {
+            return Err(format!(
+                "cold migration of {} was cancelled before it started",
+                m.server_id
+            ));
+        }
         check_dest_xml(
             &m.destination_domain_xml,
             &m.server_id,
@@ -281,6 +329,7 @@ impl Dispatcher {
             .run_migration(
                 c,
                 hold,
+                &registered.cancel,
                 Kind::Cold,
                 &m.server_id,
                 request,
@@ -309,9 +358,17 @@ impl Dispatcher {
         &self,
         a: &pb::AbortMigrationCommand,
     ) -> Result<String, String> {
-        let cancel = self.migrations.by_server.lock().get(&a.server_id).cloned();
-        if let Some(cancel) = cancel {
-            cancel.notify_one();
+        let cancels = self
+            .migrations
+            .by_server
+            .lock()
+            .get(&a.server_id)
+            .cloned()
+            .unwrap_or_default();
+        if !cancels.is_empty() {
+            for cancel in cancels {
+                cancel.request();
+            }
             return Ok(format!("aborting the migration of {}", a.server_id));
         }
         // No migration of ours (e.g. one a previous agent process started): abort libvirt's
@@ -403,6 +460,7 @@ impl Dispatcher {
         &self,
         c: &pb::AgentCommand,
         hold: HoldGuard,
+        cancel: &Cancel,
         kind: Kind,
         server_id: &str,
         request: MigrationRequest,
@@ -414,16 +472,12 @@ impl Dispatcher {
             0 => self.migration.default_timeout,
             s => Duration::from_secs(s.into()),
         };
-        let cancel = Arc::new(Notify::new());
-        self.migrations
-            .by_server
-            .lock()
-            .insert(server_id.to_owned(), cancel.clone());
-        let _registered = Registered {
-            running: &self.migrations,
-            server_id: server_id.to_owned(),
-            cancel: cancel.clone(),
-        };
+        if cancel.is_requested() {
+            return Err(format!(
+                "{} of {server_id} was cancelled before it started",
+                kind.as_str()
+            ));
+        }
         let name = domain_name(server_id);
         let started = Instant::now();
         tracing::info!(server = server_id, %destination, uri = %request.dest_uri, "{} started", kind.as_str());
@@ -433,6 +487,7 @@ impl Dispatcher {
         };
         let deadline = tokio::time::Instant::now() + timeout;
         let mut give_up = tokio::time::Instant::now() + timeout + ABORT_GRACE;
+        let mut retry = give_up;
         // Progress in a task of its own: reading job statistics waits for libvirt's job lock,
         // which a stuck migration can hold for long; the deadline must not wait for it.
         let reporter = {
@@ -462,11 +517,18 @@ impl Dispatcher {
                 _ = tokio::time::sleep_until(deadline), if stop.is_none() => {
                     stop = Some(Stop::Deadline);
                     give_up = tokio::time::Instant::now() + ABORT_GRACE;
+                    retry = tokio::time::Instant::now() + ABORT_RETRY;
                     self.abort_in_background(&name);
                 }
-                _ = cancel.notified(), if stop.is_none() => {
+                _ = cancel.notify.notified(), if stop.is_none() => {
                     stop = Some(Stop::Cancelled);
                     give_up = tokio::time::Instant::now() + ABORT_GRACE;
+                    retry = tokio::time::Instant::now() + ABORT_RETRY;
+                    self.abort_in_background(&name);
+                }
+                // An abort that came before libvirt had started its job finds none: again.
+                _ = tokio::time::sleep_until(retry), if stop.is_some() => {
+                    retry = tokio::time::Instant::now() + ABORT_RETRY;
                     self.abort_in_background(&name);
                 }
                 _ = tokio::time::sleep_until(give_up), if stop.is_some() => break None,

@@ -550,19 +550,86 @@ async fn migrating_needs_a_lease_and_a_matching_destination_xml() {
     let r = a.finished("op-x", "live_migrate", 1).await;
     assert!(!r.ok && r.message.contains("generation 7"), "{r:?}");
     // Without a lease nothing migrates.
-    a.ctl.with(|c| c.ack_heartbeats = false);
+    // (Leases over before they arrive: a new session brings no valid lease either.)
+    a.ctl.with(|c| {
+        c.ack_heartbeats = false;
+        c.lease_ttl_ms = 1;
+    });
     wait_for(WAIT, "the lease to run out", || async {
         (!a.agent.link.lease.is_valid())
             .then_some(())
             .ok_or_else(|| "valid".to_owned())
     })
     .await;
-    a.command("op-y", "live_migrate", live_migrate(&p, &xml, 30))
-        .await;
-    let r = a.finished("op-y", "live_migrate", 1).await;
+    // Sessions come and go without a lease: resend (the agent answers a finished command
+    // again) until the answer arrives.
+    let cmd = pb::AgentCommand {
+        operation_id: "op-y".into(),
+        step: "live_migrate".into(),
+        payload: Some(live_migrate(&p, &xml, 30)),
+    };
+    let r = wait_for(WAIT, "the answer without a lease", || async {
+        a.ctl.try_send(Out::Command(cmd.clone())).await;
+        let found = a.ctl.with(|c| {
+            c.step_results
+                .iter()
+                .find(|r| r.operation_id == "op-y" && r.finished)
+                .cloned()
+        });
+        found.ok_or_else(|| "no answer yet".to_owned())
+    })
+    .await;
     assert!(!r.ok && r.message.contains("lease"), "{r:?}");
     assert_eq!(
         a.hv.info(&domain_name(&id.to_string())).unwrap().power,
         PowerState::Running
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abort_also_cancels_a_migration_still_waiting_for_its_server() {
+    let (p, xml) = prepared(true).await;
+    let (a, id) = (&p.a, p.id);
+    let name = domain_name(&id.to_string());
+    a.hv.script_migration(
+        &name,
+        MigrationScript {
+            steps: 1,
+            step: Duration::from_millis(10),
+            outcome: MigrationOutcome::HangUntilAborted,
+        },
+    );
+    // The first migration runs; a resent one under another operation waits for the server.
+    a.command("op-1", "live_migrate", live_migrate(&p, &xml, 60))
+        .await;
+    wait_for(WAIT, "a progress report", || async {
+        (!a.progress_reports("op-1").is_empty())
+            .then_some(())
+            .ok_or_else(|| "none".to_owned())
+    })
+    .await;
+    a.command("op-2", "live_migrate", live_migrate(&p, &xml, 60))
+        .await;
+    a.command(
+        "op-3",
+        "abort",
+        Payload::AbortMigration(pb::AbortMigrationCommand {
+            server_id: id.to_string(),
+        }),
+    )
+    .await;
+    assert!(a.finished("op-3", "abort", 1).await.ok);
+    let first = a.finished("op-1", "live_migrate", 1).await;
+    assert!(
+        !first.ok && first.message.contains("cancelled"),
+        "{first:?}"
+    );
+    let second = a.finished("op-2", "live_migrate", 1).await;
+    assert!(
+        !second.ok && second.message.contains("cancelled before it started"),
+        "{second:?}"
+    );
+    let migrations = a.calls_on(id).iter().filter(|o| **o == Op::Migrate).count();
+    assert_eq!(migrations, 1, "the second never reached libvirt");
+    assert_eq!(a.hv.info(&name).unwrap().power, PowerState::Running);
 }
