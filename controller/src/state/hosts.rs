@@ -118,6 +118,7 @@ impl State {
                 let id = host.id.clone();
                 let stored = self.store_host(revision, env, host);
                 self.abandon_migrations_of(revision, env, &id);
+                self.reschedule_boots_of(revision, env, &id);
                 stored
             }
             Command::SetHostEnabled {
@@ -148,6 +149,7 @@ impl State {
                 let stored = self.store_host(revision, env, next);
                 if *forced_down {
                     self.abandon_migrations_of(revision, env, &id);
+                    self.reschedule_boots_of(revision, env, &id);
                 }
                 stored
             }

@@ -415,3 +415,23 @@ fn a_drain_disables_the_host_and_cancelling_it_skips_what_has_not_started() {
     assert_eq!(log.op("drain").state, OpState::Cancelled);
     assert_eq!(log.op("drain").items[0].state, ItemState::Succeeded);
 }
+
+#[test]
+fn a_boot_on_a_host_that_goes_down_is_rescheduled() {
+    let mut log = setup();
+    log.ok(create(vec![new_server("s1", "h1")]));
+    down(&mut log, "h1");
+    let s = log.server("s1");
+    assert_eq!(s.task_state, "rescheduling");
+    assert_eq!(s.failed_hosts, ["h1"]);
+    assert!(s.boot_failure.contains("node1 went down"));
+    log.ok(Command::RescheduleServer {
+        server_id: "s1".into(),
+        host_id: "h2".into(),
+        ratios: ratios(),
+    });
+    let s = log.server("s1");
+    assert_eq!((s.host_id.as_str(), s.placement_generation), ("h2", 2));
+    log.report("h2", &[("s1", PowerState::Running, 2, "")]);
+    assert_eq!(log.server("s1").status, ServerStatus::Active);
+}

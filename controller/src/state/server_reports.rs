@@ -151,4 +151,36 @@ impl State {
         });
         self.finish_operation(revision, env, &s.current_operation_id, false, &reason);
     }
+
+    /// Boots under way on a host that went down are tried elsewhere (the leader reschedules
+    /// them like a failed boot; the copy on the dead host is stale once the generation moves).
+    pub(super) fn reschedule_boots_of(&mut self, revision: u64, env: &Envelope, host_id: &str) {
+        let building: Vec<String> = self
+            .placed_on(host_id)
+            .filter(|s| s.status == ServerStatus::Build && s.boot_failure.is_empty())
+            .map(|s| s.id.clone())
+            .collect();
+        for id in building {
+            let mut s = self.servers[&id].clone();
+            let reason = format!(
+                "host {} went down during the boot",
+                self.hosts[host_id].info.hostname
+            );
+            s.failed_hosts.push(host_id.to_owned());
+            s.boot_failure = reason.clone();
+            if s.failed_hosts.len() as u32 >= MAX_BOOT_ATTEMPTS {
+                let why = format!(
+                    "the boot failed on {} hosts; last failure: {reason}",
+                    s.failed_hosts.len()
+                );
+                self.fail_boot(revision, env, &mut s, why);
+            } else {
+                s.task_state = "rescheduling".into();
+                self.operation_step(revision, env, &s.current_operation_id, "rescheduling");
+            }
+            if let Ok((_, Some(change))) = self.store_server(revision, env, s) {
+                self.more_changes.push(change);
+            }
+        }
+    }
 }
