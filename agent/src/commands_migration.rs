@@ -24,7 +24,8 @@
 //! After a successful migration the source keeps the server held while the desired state still
 //! lists it at the generation that left ([`Host::mark_departed`]): the domain is gone, but its
 //! disks are still here, and the planner must not define and start a second copy from them
-//! before ownership moves.
+//! before ownership moves. The departure is kept in `<state_dir>/departed/<server id>` too, so
+//! an agent restarted in that window holds the server as well.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -29,7 +29,7 @@ use crate::driver::{self, DomainInfo, Hypervisor};
 use crate::reconcile::{
     plan, BaseImage, Desired, Observed, ObservedDomain, PowerState, Step, Wanted,
 };
-use crate::render::domain::{domain_name, render_domain};
+use crate::render::domain::{domain_name, is_canonical_uuid, render_domain};
 use crate::session::Link;
 
 /// Passes per round before waiting for the next trigger (a step that keeps "succeeding"
@@ -132,6 +132,31 @@ impl Host {
             seen_active: Mutex::new(HashMap::new()),
             departed: Mutex::new(HashMap::new()),
         }
+        .load_departed()
+    }
+
+    /// Where departures are remembered across agent restarts: `<state_dir>/departed/<server
+    /// id>` holding the generation the server left for.
+    fn departed_dir(&self) -> std::path::PathBuf {
+        self.mapping.state_dir.join("departed")
+    }
+
+    fn load_departed(self) -> Host {
+        if let Ok(entries) = std::fs::read_dir(self.departed_dir()) {
+            let mut departed = self.departed.lock();
+            for entry in entries.flatten() {
+                let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let generation = std::fs::read_to_string(entry.path())
+                    .ok()
+                    .and_then(|g| g.trim().parse().ok());
+                if let (true, Some(generation)) = (is_canonical_uuid(&id), generation) {
+                    departed.insert(id, generation);
+                }
+            }
+        }
+        self
     }
 
     /// The server migrated away to a copy of `generation`: while the desired state still lists
@@ -139,21 +164,41 @@ impl Host {
     /// alone, or it would define and start a second copy from the disks left here. Once the
     /// desired state no longer lists it at an older generation, it is planned as usual again
     /// (its leftovers removed as stale).
+    /// Remembered on disk too: an agent restarted before ownership moves must not boot the
+    /// server from its leftovers either.
     pub fn mark_departed(&self, server_id: &str, generation: u64) {
         self.departed
             .lock()
             .insert(server_id.to_owned(), generation);
+        if !is_canonical_uuid(server_id) {
+            return;
+        }
+        let dir = self.departed_dir();
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join(server_id), generation.to_string()));
+        if let Err(e) = written {
+            tracing::error!(
+                server = server_id,
+                "cannot record the departure in {}: {e}",
+                dir.display()
+            );
+        }
     }
 
     /// Departed servers the desired state still lists at an older generation; forgets the
     /// others.
     fn still_departing(&self, desired: &pb::DesiredState) -> Vec<String> {
         let mut departed = self.departed.lock();
+        let dir = self.departed_dir();
         departed.retain(|id, moved_to| {
-            desired
+            let departing = desired
                 .servers
                 .iter()
-                .any(|s| s.id == *id && s.placement_generation < *moved_to)
+                .any(|s| s.id == *id && s.placement_generation < *moved_to);
+            if !departing {
+                let _ = std::fs::remove_file(dir.join(id));
+            }
+            departing
         });
         departed.keys().cloned().collect()
     }

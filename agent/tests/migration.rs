@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_agent::config::{AgentConfig, HostFacts};
+use flotilla_agent::config::{AgentConfig, HostFacts, ValidConfig};
 use flotilla_agent::driver::disks_fake::FakeDisks;
 use flotilla_agent::driver::fake::{Fabric, FakeHypervisor, MigrationOutcome, MigrationScript, Op};
 use flotilla_agent::driver::{domain_xml, Hypervisor, PowerState};
@@ -29,7 +29,8 @@ struct HostUnderTest {
     ctl: FakeController,
     hv: Arc<FakeHypervisor>,
     disks: Arc<FakeDisks>,
-    agent: Running,
+    agent: std::sync::Mutex<Running>,
+    config: ValidConfig,
     image_sha: String,
     _dir: tempfile::TempDir,
 }
@@ -74,10 +75,29 @@ impl HostUnderTest {
             ctl,
             hv,
             disks,
-            agent,
+            agent: std::sync::Mutex::new(agent),
+            config,
             image_sha,
             _dir: dir,
         }
+    }
+
+    /// Stops the agent and starts a new one on the same host (drivers and state directory).
+    fn restart(&self) {
+        let new = service::start(
+            &self.config,
+            Drivers {
+                hv: self.hv.clone(),
+                disks: self.disks.clone(),
+                hypervisor_version: "fake".into(),
+            },
+        );
+        let old = std::mem::replace(&mut *self.agent.lock().unwrap(), new);
+        old.stop();
+    }
+
+    fn link(&self) -> Arc<flotilla_agent::session::Link> {
+        self.agent.lock().unwrap().link.clone()
     }
 
     fn server(&self, id: Uuid, generation: u64, running: bool) -> pb::DesiredServer {
@@ -168,7 +188,11 @@ impl HostUnderTest {
 
     /// One reconcile round now (as the executor runs on every trigger).
     async fn reconcile(&self) {
-        executor::round(&self.agent.host, &self.agent.link).await;
+        let (host, link) = {
+            let agent = self.agent.lock().unwrap();
+            (agent.host.clone(), agent.link.clone())
+        };
+        executor::round(&host, &link).await;
     }
 
     async fn wait_no_copy(&self, id: Uuid) {
@@ -302,6 +326,20 @@ async fn live_migration_moves_the_server_and_ownership_follows() {
         a.disk_generations(id).len(),
         2,
         "A's disks wait for the move"
+    );
+    // Nor does an agent restarted meanwhile (the departure is remembered on disk).
+    a.restart();
+    wait_for(WAIT, "the restarted agent registered", || async {
+        let n = a.ctl.with(|c| c.registrations.len());
+        (n >= 2).then_some(()).ok_or(format!("{n} registrations"))
+    })
+    .await;
+    a.reconcile().await;
+    a.reconcile().await;
+    let after: Vec<Op> = a.calls_on(id)[before..].to_vec();
+    assert!(
+        !after.iter().any(|o| matches!(o, Op::Define | Op::Start)),
+        "the restarted agent booted a second copy: {after:?}"
     );
 
     // Ownership moves: A no longer lists it, B adopts it as it is.
@@ -556,7 +594,7 @@ async fn migrating_needs_a_lease_and_a_matching_destination_xml() {
         c.lease_ttl_ms = 1;
     });
     wait_for(WAIT, "the lease to run out", || async {
-        (!a.agent.link.lease.is_valid())
+        (!a.link().lease.is_valid())
             .then_some(())
             .ok_or_else(|| "valid".to_owned())
     })
