@@ -320,6 +320,44 @@ impl State {
         self.store_server(revision, env, s)
     }
 
+    /// Live migrations their destination reports finished (the domain running there at the new
+    /// generation: libvirt only lets the incoming copy run once the migration completed), for
+    /// when the source's answer is lost — its agent restarted, say.
+    pub(super) fn arrived_live(
+        &mut self,
+        revision: u64,
+        env: &Envelope,
+        host_id: &str,
+        observed: &[ObservedServer],
+    ) -> Result<Vec<Change<'static>>, Rejection> {
+        let arrived: Vec<String> = self
+            .migrating_to(host_id)
+            .filter(|s| {
+                let Some(m) = &s.migration else { return false };
+                let at_migrate = self
+                    .operations
+                    .get(&s.current_operation_id)
+                    .is_some_and(|o| o.step == MIGRATE);
+                m.live
+                    && at_migrate
+                    && observed.iter().any(|o| {
+                        o.id == s.id
+                            && o.generation == m.destination_generation
+                            && o.power == PowerState::Running
+                    })
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        let mut changes = Vec::new();
+        for id in arrived {
+            let mut s = self.servers[&id].clone();
+            let mig = s.migration.clone().expect("filtered");
+            self.switch_owner(revision, env, &mut s, mig);
+            changes.extend(self.store_server(revision, env, s)?.1);
+        }
+        Ok(changes)
+    }
+
     /// Ownership moves to the destination (I7): generation + 1, the source claim released.
     fn switch_owner(&mut self, revision: u64, env: &Envelope, s: &mut Server, mig: Migration) {
         self.account_host(&mig.source_host_id, s.claim, true);

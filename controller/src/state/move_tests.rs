@@ -435,3 +435,32 @@ fn a_boot_on_a_host_that_goes_down_is_rescheduled() {
     log.report("h2", &[("s1", PowerState::Running, 2, "")]);
     assert_eq!(log.server("s1").status, ServerStatus::Active);
 }
+
+#[test]
+fn a_live_migration_the_destination_reports_running_completes_without_the_source() {
+    let mut log = running();
+    log.ok(request(
+        "s1",
+        "mig",
+        ServerRequest::Migrate(spec("h2", true)),
+    ));
+    // While preparing, a copy at the new generation on h2 proves nothing yet.
+    log.report("h2", &[("s1", PowerState::Running, 2, "")]);
+    assert_eq!(log.server("s1").host_id, "h1");
+    log.ok(step("mig", "prepare_destination", true, "<domain/>"));
+    // Copying: the incoming copy is paused.
+    log.report("h2", &[("s1", PowerState::Paused, 2, "")]);
+    assert_eq!(log.server("s1").host_id, "h1");
+    // Done: it runs there; the source's answer never came.
+    log.report("h2", &[("s1", PowerState::Running, 2, "")]);
+    let s = log.server("s1");
+    assert_eq!(
+        (s.host_id.as_str(), s.placement_generation, s.status),
+        ("h2", 2, ServerStatus::Active)
+    );
+    assert_eq!(log.op("mig").state, OpState::Succeeded);
+    // The source's late answer changes nothing.
+    log.ok(step("mig", "migrate", false, "no domain on this host"));
+    assert_eq!(log.server("s1").host_id, "h2");
+    assert_eq!(log.op("mig").state, OpState::Succeeded);
+}

@@ -42,6 +42,7 @@ impl State {
                 changes.extend(self.store_server(revision, env, next)?.1);
             }
         }
+        changes.extend(self.arrived_live(revision, env, host_id, observed)?);
         let changed = changes.len();
         let mut changes = changes.into_iter();
         let first = changes.next();
