@@ -196,6 +196,15 @@ async fn live_and_cold_migration_move_ownership_roll_back_on_failure_and_cancel(
         (o.step == "migrate").then_some(()).ok_or(o.step)
     })
     .await;
+    let running = wait_for(CONVERGE, "progress reported", || async {
+        let o = w.operation(&op).await;
+        o.progress
+            .clone()
+            .filter(|p| p.percent == 42)
+            .ok_or(format!("{:?}", o.progress))
+    })
+    .await;
+    assert_eq!(running.phase, "copying memory");
     let cancelling = w.cancel(&op).await.expect("cancel");
     assert!(!cancelling.cancellable);
     let ended = w.wait_op(&op).await;

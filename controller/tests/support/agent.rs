@@ -243,7 +243,20 @@ async fn session(hostname: &str, address: &str, state: &Arc<Mutex<Shared>>) -> O
                                     progress: None,
                                 }))
                             } else if s.mute_steps.contains(&c.step) {
-                                None
+                                // Still running: report progress, as a copying migration does.
+                                Some(In::StepResult(pb::AgentStepResult {
+                                    operation_id: c.operation_id,
+                                    step: c.step,
+                                    finished: false,
+                                    ok: false,
+                                    message: String::new(),
+                                    progress: Some(pb::OperationProgress {
+                                        phase: "copying memory".into(),
+                                        percent: 42,
+                                        bytes_done: 42 << 20,
+                                        bytes_total: 100 << 20,
+                                    }),
+                                }))
                             } else {
                             let failure = s.fail_steps.get(&c.step).cloned();
                             let message = match (&failure, c.step.as_str()) {
