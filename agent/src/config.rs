@@ -97,6 +97,32 @@ pub struct AgentConfig {
     /// Live and cold migration out of this host.
     #[serde(default)]
     pub migration: MigrationConfig,
+    /// What the agent does when it loses its lease.
+    #[serde(default)]
+    pub lease: LeaseConfig,
+}
+
+/// `[lease]`: what happens when the lease runs out (I7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// Pause every running guest once the host holds no valid lease (see [`crate::fence`]),
+    /// so a partitioned host never runs a server the controllers rebuilt elsewhere. Off: guests
+    /// keep running without a lease (availability over split-brain safety).
+    #[serde(default = "default_true")]
+    pub fence_on_loss: bool,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            fence_on_loss: default_true(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[migration]`: how this host migrates servers out.
@@ -292,6 +318,8 @@ pub struct ValidConfig {
     pub kernels: BTreeMap<String, KernelConfig>,
     pub qemu_img: PathBuf,
     pub migration: Migration,
+    /// Pause running guests while the host holds no valid lease (`[lease] fence_on_loss`).
+    pub fence_on_loss: bool,
 }
 
 /// The checked `[migration]` section.
@@ -487,6 +515,7 @@ impl AgentConfig {
                 default_timeout: Duration::from_secs(self.migration.default_timeout_secs),
                 progress_interval: Duration::from_millis(self.migration.progress_interval_ms),
             },
+            fence_on_loss: self.lease.fence_on_loss,
         })
     }
 }
@@ -541,6 +570,7 @@ mod tests {
         );
         assert_eq!(c.migration.default_timeout, Duration::from_secs(600));
         assert_eq!(c.migration.progress_interval, Duration::from_secs(1));
+        assert!(c.fence_on_loss, "self-fencing is on by default");
     }
 
     #[test]
@@ -569,6 +599,8 @@ mod tests {
             uri_template = "qemu+tls://{address}:16514/system"
             default_timeout_secs = 120
             progress_interval_ms = 250
+            [lease]
+            fence_on_loss = false
         "#;
         let c = AgentConfig::parse(text)
             .unwrap()
@@ -591,6 +623,7 @@ mod tests {
         assert_eq!(c.reconcile_interval, Duration::from_secs(3));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(c.disk_cache, DiskCache::Writeback);
+        assert!(!c.fence_on_loss);
         assert_eq!(c.console_dir(), Path::new("/tmp/agent-a/console"));
         assert_eq!(
             c.migration,

@@ -4,6 +4,7 @@
 //! - [`session`]: the session with the controllers (registration, lease, heartbeats).
 //! - [`executor`]: converges the host (scan → [`reconcile::plan`] → drivers).
 //! - [`commands`]: operation commands and queries.
+//! - [`fence`]: self-fencing: running guests paused while the host holds no valid lease (I7).
 //! - [`desired`]: the controller's desired state as the planner's input (pure).
 //! - [`transfer`]: image fetches and snapshot uploads.
 //! - [`service`]: wires the tasks together.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod desired;
 pub mod driver;
 pub mod executor;
+pub mod fence;
 pub mod reconcile;
 pub mod render;
 pub mod service;

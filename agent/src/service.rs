@@ -2,6 +2,9 @@
 //! each a task. [`start`] runs them on the current tokio runtime; the binary uses the real
 //! drivers ([`Drivers::real`]), tests pass fakes.
 //!
+//! With `[lease] fence_on_loss` (the default) a fourth task pauses running guests while the host
+//! holds no valid lease ([`crate::fence`]).
+//!
 //! Stopping the agent ([`Running::stop`], or the process exiting) leaves every domain as it is:
 //! a new agent adopts what is legitimately its own (I6).
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use crate::driver::disks::{Disks, DisksConfig, ImageSource, QemuImgDisks};
 use crate::driver::libvirt::LibvirtHypervisor;
 use crate::driver::Hypervisor;
 use crate::executor::{self, Fetcher, Host};
+use crate::fence;
 use crate::session::{self, Link, Register};
 use crate::transfer::{Controllers, FetchSource};
 
@@ -101,6 +105,7 @@ impl Drop for Running {
 
 /// Starts the agent on the current runtime.
 pub fn start(config: &ValidConfig, drivers: Drivers) -> Running {
+    let started = std::time::Instant::now();
     let controllers = Arc::new(Controllers::new(
         config.controllers.clone(),
         config.tls.as_ref(),
@@ -159,7 +164,7 @@ pub fn start(config: &ValidConfig, drivers: Drivers) -> Running {
             .boxed()
         })
     };
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(executor::run(
             host.clone(),
             link.clone(),
@@ -173,5 +178,12 @@ pub fn start(config: &ValidConfig, drivers: Drivers) -> Running {
             inbound_tx,
         )),
     ];
+    if config.fence_on_loss {
+        tasks.push(tokio::spawn(fence::run(
+            host.clone(),
+            link.clone(),
+            started,
+        )));
+    }
     Running { link, host, tasks }
 }

@@ -67,6 +67,18 @@ impl Lease {
         self.state.lock().lease_id
     }
 
+    /// When the lease runs (or ran) out: `None` before the first registration. A revoked
+    /// lease ran out when it was revoked.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.state.lock().valid_until
+    }
+
+    /// The TTL of the newest registration; `None` before the first.
+    pub fn ttl(&self) -> Option<Duration> {
+        let s = self.state.lock();
+        s.valid_until.is_some().then_some(s.ttl)
+    }
+
     /// A new lease from a registration sent at `sent`. Returns whether it is valid now.
     fn grant(&self, lease_id: u64, ttl: Duration, sent: Instant) -> bool {
         *self.state.lock() = LeaseState {
@@ -93,8 +105,11 @@ impl Lease {
         !was_valid && now < until
     }
 
+    /// The controller revoked the lease: it ends now (an earlier end stays).
     fn revoke(&self) {
-        self.state.lock().valid_until = None;
+        let now = Instant::now();
+        let mut s = self.state.lock();
+        s.valid_until = s.valid_until.map(|t| t.min(now));
     }
 }
 
@@ -447,6 +462,7 @@ mod tests {
     fn the_lease_counts_from_sending_the_acknowledged_heartbeat() {
         let lease = Lease::default();
         assert!(!lease.is_valid(), "no lease before registering");
+        assert_eq!((lease.valid_until(), lease.ttl()), (None, None));
         let ttl = Duration::from_secs(10);
         let long_ago = Instant::now() - Duration::from_secs(11);
         assert!(
@@ -462,6 +478,11 @@ mod tests {
         lease.revoke();
         assert!(!lease.renew(8, Instant::now()));
         assert!(!lease.is_valid(), "revoked");
+        assert!(
+            lease.valid_until().is_some_and(|t| t <= Instant::now()),
+            "a revoked lease ended when it was revoked (for fencing)"
+        );
+        assert_eq!(lease.ttl(), Some(ttl));
         // An old heartbeat's late acknowledgement never shortens the lease.
         assert!(lease.grant(9, ttl, Instant::now()));
         lease.renew(9, long_ago);

@@ -1,7 +1,7 @@
 //! The real agent (session, executor, commands) against the fake hypervisor and disks and an
 //! in-process fake controller: registration, boot, power changes, removal, failures reported
-//! per server, a restart that adopts what is there, fencing of stale copies, and nothing
-//! started without a lease.
+//! per server, a restart that adopts what is there, fencing of stale copies, nothing started
+//! without a lease, and self-fencing (guests paused) while the lease is lost.
 mod support;
 
 use std::path::Path;
@@ -36,13 +36,18 @@ struct World {
 
 impl World {
     async fn new() -> World {
+        World::with_config("").await
+    }
+
+    /// A world whose agent configuration ends with `extra` (TOML).
+    async fn with_config(extra: &str) -> World {
         let ctl = FakeController::start().await;
         let image_sha = ctl.add_image("img-1", (0..300_000u32).map(|i| i as u8).collect());
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "hostname = \"fake-host\"\naddress = \"127.0.0.1\"\ncontrollers = [\"{}\"]\n\
              libvirt_uri = \"test:///default\"\nstate_dir = \"{}\"\n\
-             reconcile_interval_secs = 1\nshutdown_timeout_secs = 1\n",
+             reconcile_interval_secs = 1\nshutdown_timeout_secs = 1\n{extra}",
             ctl.address,
             dir.path().display()
         );
@@ -709,4 +714,140 @@ async fn commands_are_carried_out_once_and_queries_answered() {
         !r.ok && r.message.contains("not placed on this host"),
         "{r:?}"
     );
+}
+
+impl World {
+    /// The controller goes silent: heartbeats unacknowledged, new sessions refused (as a
+    /// controller that is electing), so the agent's lease runs out.
+    fn partition(&self) {
+        let address = self.ctl.address.clone();
+        self.ctl.with(|c| {
+            c.ack_heartbeats = false;
+            c.leader = Some(address);
+        });
+    }
+
+    fn heal(&self) {
+        self.ctl.with(|c| {
+            c.ack_heartbeats = true;
+            c.leader = None;
+        });
+    }
+
+    fn power(&self, id: Uuid) -> Option<PowerState> {
+        self.hv
+            .info(&domain_name(&id.to_string()))
+            .ok()
+            .map(|i| i.power)
+    }
+
+    fn suspends(&self) -> usize {
+        self.hv
+            .calls()
+            .iter()
+            .filter(|c| c.op == Op::Suspend)
+            .count()
+    }
+}
+
+/// The agent's own newest report of `id` (also while no session carries it).
+fn reported(agent: &Running, id: Uuid) -> Option<pb::ObservedServer> {
+    let id = id.to_string();
+    agent
+        .link
+        .observed()
+        .and_then(|o| o.servers.into_iter().find(|s| s.id == id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_are_paused_while_the_lease_is_lost_and_resumed_with_it() {
+    let w = World::new().await;
+    w.ctl.with(|c| c.lease_ttl_ms = 1_000);
+    let (kept, evacuated) = (Uuid::new_v4(), Uuid::new_v4());
+    w.ctl
+        .set_desired(vec![w.server(kept, 1, true), w.server(evacuated, 1, true)])
+        .await;
+    let agent = w.start();
+    w.ctl.wait_running(&kept.to_string(), 1).await;
+    w.ctl.wait_running(&evacuated.to_string(), 1).await;
+    assert_eq!(w.suspends(), 0, "nothing paused while the lease is held");
+
+    w.partition();
+    wait_for(WAIT, "both guests paused, and reported so", || async {
+        let powers = (w.power(kept), w.power(evacuated));
+        let states = (
+            reported(&agent, kept).map(|o| o.state()),
+            reported(&agent, evacuated).map(|o| o.state()),
+        );
+        let paused = Some(pb::ServerPowerState::Paused);
+        (powers == (Some(PowerState::Paused), Some(PowerState::Paused))
+            && states == (paused, paused))
+            .then_some(())
+            .ok_or(format!("{powers:?} {states:?}"))
+    })
+    .await;
+    assert!(!agent.link.lease.is_valid());
+    for id in [kept, evacuated] {
+        let calls = w.calls_on(id);
+        assert!(
+            !calls.contains(&Op::Destroy) && !calls.contains(&Op::Undefine),
+            "fencing destroys nothing: {calls:?}"
+        );
+    }
+
+    // Meanwhile the controllers rebuilt one server elsewhere; then the host is reachable again.
+    w.ctl.set_desired(vec![w.server(kept, 1, true)]).await;
+    w.heal();
+    w.ctl.wait_running(&kept.to_string(), 1).await;
+    w.wait_gone(evacuated).await;
+    let calls = w.calls_on(kept);
+    assert!(calls.contains(&Op::Resume), "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|op| **op == Op::Start).count(),
+        1,
+        "resumed, not booted again: {calls:?}"
+    );
+    assert_eq!(w.power(kept), Some(PowerState::Running));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_with_a_prompt_controller_pauses_nothing() {
+    let w = World::new().await;
+    w.ctl.with(|c| c.lease_ttl_ms = 1_000);
+    let id = Uuid::new_v4();
+    // A guest the previous agent run left running.
+    leftover(&w, id, 1, true);
+    w.ctl.set_desired(vec![w.server(id, 1, true)]).await;
+    let _agent = w.start();
+    w.ctl.wait_running(&id.to_string(), 1).await;
+    // Heartbeats for well over a lease TTL.
+    wait_for(WAIT, "heartbeats for two lease TTLs", || async {
+        let beats = w.ctl.with(|c| c.heartbeats);
+        (beats >= 20)
+            .then_some(())
+            .ok_or(format!("{beats} heartbeats"))
+    })
+    .await;
+    assert_eq!(w.suspends(), 0, "{:?}", w.hv.calls());
+    assert_eq!(w.power(id), Some(PowerState::Running));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fencing_off_guests_keep_running_without_a_lease() {
+    let w = World::with_config("[lease]\nfence_on_loss = false\n").await;
+    w.ctl.with(|c| c.lease_ttl_ms = 500);
+    let id = Uuid::new_v4();
+    w.ctl.set_desired(vec![w.server(id, 1, true)]).await;
+    let agent = w.start();
+    w.ctl.wait_running(&id.to_string(), 1).await;
+    w.partition();
+    wait_for(WAIT, "the lease lost and sessions refused", || async {
+        let refused = w.ctl.with(|c| c.refused);
+        (!agent.link.lease.is_valid() && refused >= 3)
+            .then_some(())
+            .ok_or(format!("{refused} refused"))
+    })
+    .await;
+    assert_eq!(w.suspends(), 0);
+    assert_eq!(w.power(id), Some(PowerState::Running));
 }

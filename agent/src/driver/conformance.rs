@@ -92,6 +92,10 @@ pub const HYPERVISOR_CHECKS: &[(&str, Check)] = &[
         resume_needs_a_started_domain,
     ),
     (
+        "suspend_pauses_and_resume_continues",
+        suspend_pauses_and_resume_continues,
+    ),
+    (
         "shutdown_waits_for_acpi_then_destroys",
         shutdown_waits_for_acpi_then_destroys,
     ),
@@ -294,6 +298,7 @@ fn foreign_domains_are_listed_but_never_changed(f: &HypervisorFixture<'_>) {
     );
     refused(f.hv.reboot(foreign, RebootMode::Hard).map(drop), "reboot");
     refused(f.hv.resume(foreign), "resume");
+    refused(f.hv.suspend(foreign), "suspend");
     refused(f.hv.destroy(foreign), "destroy");
     refused(f.hv.undefine(foreign), "undefine");
     let after = f.hv.info(foreign).unwrap();
@@ -313,6 +318,7 @@ fn unknown_names_are_not_found(f: &HypervisorFixture<'_>) {
     );
     missing(f.hv.reboot(&name, RebootMode::Hard).map(drop), "reboot");
     missing(f.hv.resume(&name), "resume");
+    missing(f.hv.suspend(&name), "suspend");
     missing(f.hv.destroy(&name), "destroy");
     missing(f.hv.undefine(&name), "undefine");
     missing(f.hv.info(&name).map(drop), "info");
@@ -342,6 +348,27 @@ fn resume_needs_a_started_domain(f: &HypervisorFixture<'_>) {
     match f.hv.resume(&name) {
         Err(HypervisorError::InvalidState { state, .. }) => assert_eq!(state, PowerState::ShutOff),
         other => panic!("resume of a shut-off domain: expected InvalidState, got {other:?}"),
+    }
+    remove(f, &name);
+}
+
+fn suspend_pauses_and_resume_continues(f: &HypervisorFixture<'_>) {
+    let (_, name) = running(f);
+    f.hv.suspend(&name).expect("suspend a running domain");
+    let info = f.hv.info(&name).unwrap();
+    assert_eq!(info.power, PowerState::Paused);
+    assert_eq!(info.state, "paused (user)");
+    f.hv.suspend(&name)
+        .expect("suspending a paused domain is a no-op");
+    assert_eq!(f.hv.info(&name).unwrap().power, PowerState::Paused);
+    f.hv.resume(&name).expect("resume the suspended domain");
+    let info = f.hv.info(&name).unwrap();
+    assert_eq!(info.power, PowerState::Running);
+    assert_eq!(info.state, "running (unpaused)");
+    f.hv.destroy(&name).unwrap();
+    match f.hv.suspend(&name) {
+        Err(HypervisorError::InvalidState { state, .. }) => assert_eq!(state, PowerState::ShutOff),
+        other => panic!("suspend of a shut-off domain: expected InvalidState, got {other:?}"),
     }
     remove(f, &name);
 }

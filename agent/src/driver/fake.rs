@@ -46,6 +46,7 @@ pub enum Op {
     Shutdown,
     Reboot,
     Resume,
+    Suspend,
     Destroy,
     Undefine,
     Info,
@@ -552,6 +553,25 @@ impl Hypervisor for FakeHypervisor {
                 Ok(())
             }
             _ => Ok(()),
+        }
+    }
+
+    fn suspend(&self, name: &str) -> Result<(), HypervisorError> {
+        let mut state = self.state.lock();
+        let d = Self::enter(&mut state, Op::Suspend, name, true)?;
+        match d.power {
+            PowerState::ShutOff | PowerState::Crashed => Err(HypervisorError::InvalidState {
+                name: name.to_string(),
+                action: "suspend",
+                state: d.power,
+                hint: "",
+            }),
+            PowerState::Paused => Ok(()),
+            _ => {
+                d.power = PowerState::Paused;
+                d.reason = reason::PAUSED_USER;
+                Ok(())
+            }
         }
     }
 

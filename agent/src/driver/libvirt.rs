@@ -390,6 +390,21 @@ impl Hypervisor for LibvirtHypervisor {
         }
     }
 
+    fn suspend(&self, name: &str) -> Result<(), HypervisorError> {
+        let (dom, _) = self.ours(name, "suspend")?;
+        let power = self.power(&dom, name, "suspend")?;
+        match power {
+            PowerState::ShutOff | PowerState::Crashed => Err(HypervisorError::InvalidState {
+                name: name.to_string(),
+                action: "suspend",
+                state: power,
+                hint: "",
+            }),
+            PowerState::Paused => Ok(()),
+            _ => dom.suspend().map_err(|e| self.error(e, "suspend", name)),
+        }
+    }
+
     fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
         let (dom, _) = self.ours(name, "destroy")?;
         self.destroy_domain(&dom, name)

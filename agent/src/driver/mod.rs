@@ -207,6 +207,11 @@ pub trait Hypervisor: Send + Sync {
     /// gives [`HypervisorError::InvalidState`].
     fn resume(&self, name: &str) -> Result<(), HypervisorError>;
 
+    /// Pauses a running domain's vCPUs (`virsh suspend`); no-op when it is paused already. The
+    /// QEMU process and the guest's memory stay: [`Hypervisor::resume`] continues it. A
+    /// shut-off domain gives [`HypervisorError::InvalidState`].
+    fn suspend(&self, name: &str) -> Result<(), HypervisorError>;
+
     /// Powers the domain off immediately (no-op when it is not running).
     fn destroy(&self, name: &str) -> Result<(), HypervisorError>;
 

@@ -792,3 +792,40 @@ fn migrated_in_copies_are_adopted_and_powered_as_desired_never_redefined() {
         vec![delete_disks(A, 1)]
     );
 }
+
+#[test]
+fn a_fenced_host_resumes_what_it_still_owns_and_destroys_what_moved_away() {
+    // The host paused every guest when its lease lapsed (I7 self-fencing). Meanwhile B was
+    // evacuated (no longer listed here), C was stopped, and A is still desired running.
+    let a1 = target(A, 1, Power::Running);
+    let c1_off = target(C, 1, Power::ShutOff);
+    let desired = desired([a1.clone(), c1_off]);
+    let mut observed = Host::default()
+        .base(1)
+        .copy(A, Paused, 1)
+        .copy(B, Paused, 1)
+        .copy(C, Paused, 1)
+        .0;
+    // Still without a lease: only stopping and removing, never a resume.
+    let fenced = plan(&desired, &observed, false);
+    assert!(!fenced.contains(&resume(A)), "{fenced:?}");
+    assert!(fenced.iter().all(|s| !s.needs_lease()), "{fenced:?}");
+    // With the lease again: A runs on, B's leftovers go, C stays off.
+    let steps = converge(&desired, &mut observed, true);
+    assert!(steps.contains(&resume(A)), "{steps:?}");
+    assert!(
+        steps.contains(&destroy(B)) || steps.contains(&destroy_stale(B, Some(1))),
+        "{steps:?}"
+    );
+    assert!(steps.contains(&destroy(C)), "{steps:?}");
+    let power = |id: &str| {
+        observed
+            .servers
+            .get(id)
+            .and_then(|s| s.domain)
+            .map(|d| d.power)
+    };
+    assert_eq!(power(A), Some(Running));
+    assert_eq!(power(B), None, "the evacuated copy is removed");
+    assert_eq!(power(C), Some(ShutOff));
+}
