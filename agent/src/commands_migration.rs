@@ -25,7 +25,10 @@
 //! lists it at the generation that left ([`Host::mark_departed`]): the domain is gone, but its
 //! disks are still here, and the planner must not define and start a second copy from them
 //! before ownership moves. The departure is kept in `<state_dir>/departed/<server id>` too, so
-//! an agent restarted in that window holds the server as well.
+//! an agent restarted in that window holds the server as well. A LiveMigrate or Migrate command
+//! for the generation that left (resent after an agent restart or a leader change) is answered
+//! ok ("already migrated to <destination>") rather than failing on the missing domain, which
+//! would make the controller roll back a migration that succeeded.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +42,7 @@ use super::Dispatcher;
 use crate::driver::disks::DiskRef;
 use crate::driver::domain_xml;
 use crate::driver::{HypervisorError, MigrationRequest, PowerState};
-use crate::executor::{error_chain, HoldGuard, Host};
+use crate::executor::{error_chain, Departure, HoldGuard, Host};
 use crate::render::domain::{domain_name, render_domain, DiskRole};
 use crate::session::{Link, Outgoing};
 
@@ -213,6 +216,9 @@ impl Dispatcher {
         registered: Registered,
     ) -> Result<String, String> {
         let hold = self.host.hold(&m.server_id).await;
+        if let Some(done) = self.already_migrated(c, &m.server_id, m.destination_generation) {
+            return Ok(done);
+        }
         self.require_lease("live-migrate")?;
         check_dest_xml(
             &m.destination_domain_xml,
@@ -285,6 +291,9 @@ impl Dispatcher {
         registered: Registered,
     ) -> Result<String, String> {
         let hold = self.host.hold(&m.server_id).await;
+        if let Some(done) = self.already_migrated(c, &m.server_id, m.destination_generation) {
+            return Ok(done);
+        }
         self.require_lease("migrate")?;
         if registered.cancel.is_requested() {
             return Err(format!(
@@ -440,6 +449,34 @@ impl Dispatcher {
             .await
     }
 
+    /// The answer to a migrate command for a migration to `destination_generation` that already
+    /// succeeded (the command resent after an agent restart or a leader change): the domain is
+    /// gone from here, and failing would make the controller roll back a server that runs at
+    /// its destination.
+    fn already_migrated(
+        &self,
+        c: &pb::AgentCommand,
+        server_id: &str,
+        destination_generation: u64,
+    ) -> Option<String> {
+        let departed = self
+            .host
+            .departure(server_id)
+            .filter(|d| d.generation == destination_generation)?;
+        let to = if departed.destination.is_empty() {
+            format!("generation {destination_generation}")
+        } else {
+            departed.destination.clone()
+        };
+        tracing::info!(
+            server = server_id,
+            operation = %c.operation_id,
+            migrated_by = %departed.operation_id,
+            "migrate command for a migration that already succeeded; answering ok"
+        );
+        Some(format!("already migrated to {to}"))
+    }
+
     async fn domain_info(&self, name: &str) -> Result<Option<crate::driver::DomainInfo>, String> {
         let name = name.to_owned();
         self.host
@@ -565,7 +602,14 @@ impl Dispatcher {
         }
         match (outcome, stop) {
             (Some(Ok(())), _) => {
-                self.host.mark_departed(server_id, destination_generation);
+                self.host.mark_departed(
+                    server_id,
+                    Departure {
+                        generation: destination_generation,
+                        operation_id: c.operation_id.clone(),
+                        destination: destination.to_owned(),
+                    },
+                );
                 tracing::info!(server = server_id, %destination, "{} done in {elapsed:.1?}", kind.as_str());
                 Ok(format!(
                     "{} to {destination} done in {:.1} s",

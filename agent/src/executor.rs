@@ -81,9 +81,41 @@ pub struct Host {
     /// Server id → revision of the desired state in force when its domain was last seen
     /// active (see [`Host::stopped_by_themselves`]).
     seen_active: Mutex<HashMap<String, u64>>,
-    /// Server id → the generation a successful migration gave it elsewhere (see
-    /// [`Host::mark_departed`]).
-    departed: Mutex<HashMap<String, u64>>,
+    /// Server id → where a successful migration took it (see [`Host::mark_departed`]).
+    departed: Mutex<HashMap<String, Departure>>,
+}
+
+/// A successful migration away from this host ([`Host::mark_departed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departure {
+    /// The generation the server has at its destination.
+    pub generation: u64,
+    /// The operation that moved it (empty when not known).
+    pub operation_id: String,
+    /// The destination host (empty when not known).
+    pub destination: String,
+}
+
+impl Departure {
+    /// The marker file's text: the generation, the operation id and the destination, one a
+    /// line (a file of only the generation is read too).
+    fn to_file(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n",
+            self.generation, self.operation_id, self.destination
+        )
+    }
+
+    fn from_file(text: &str) -> Option<Departure> {
+        let mut lines = text.lines().map(str::trim);
+        let generation = lines.next()?.parse().ok()?;
+        let mut field = || lines.next().unwrap_or_default().to_owned();
+        Some(Departure {
+            generation,
+            operation_id: field(),
+            destination: field(),
+        })
+    }
 }
 
 /// Keeps a server held while it lives (see [`Host::hold`]).
@@ -148,11 +180,11 @@ impl Host {
                 let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
                     continue;
                 };
-                let generation = std::fs::read_to_string(entry.path())
+                let departure = std::fs::read_to_string(entry.path())
                     .ok()
-                    .and_then(|g| g.trim().parse().ok());
-                if let (true, Some(generation)) = (is_canonical_uuid(&id), generation) {
-                    departed.insert(id, generation);
+                    .and_then(|text| Departure::from_file(&text));
+                if let (true, Some(departure)) = (is_canonical_uuid(&id), departure) {
+                    departed.insert(id, departure);
                 }
             }
         }
@@ -165,17 +197,17 @@ impl Host {
     /// desired state no longer lists it at an older generation, it is planned as usual again
     /// (its leftovers removed as stale).
     /// Remembered on disk too: an agent restarted before ownership moves must not boot the
-    /// server from its leftovers either.
-    pub fn mark_departed(&self, server_id: &str, generation: u64) {
-        self.departed
-            .lock()
-            .insert(server_id.to_owned(), generation);
+    /// server from its leftovers either, and answers a resent migrate command for the same
+    /// generation as done ([`Host::departure`]).
+    pub fn mark_departed(&self, server_id: &str, departure: Departure) {
+        let text = departure.to_file();
+        self.departed.lock().insert(server_id.to_owned(), departure);
         if !is_canonical_uuid(server_id) {
             return;
         }
         let dir = self.departed_dir();
-        let written = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(dir.join(server_id), generation.to_string()));
+        let written =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(server_id), text));
         if let Err(e) = written {
             tracing::error!(
                 server = server_id,
@@ -190,17 +222,23 @@ impl Host {
     fn still_departing(&self, desired: &pb::DesiredState) -> Vec<String> {
         let mut departed = self.departed.lock();
         let dir = self.departed_dir();
-        departed.retain(|id, moved_to| {
+        departed.retain(|id, moved| {
             let departing = desired
                 .servers
                 .iter()
-                .any(|s| s.id == *id && s.placement_generation < *moved_to);
+                .any(|s| s.id == *id && s.placement_generation < moved.generation);
             if !departing {
                 let _ = std::fs::remove_file(dir.join(id));
             }
             departing
         });
         departed.keys().cloned().collect()
+    }
+
+    /// Where a successful migration took `server_id`, while it is remembered (until ownership
+    /// moves).
+    pub fn departure(&self, server_id: &str) -> Option<Departure> {
+        self.departed.lock().get(server_id).cloned()
     }
 
     fn lock_of(&self, server_id: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -671,3 +671,80 @@ async fn an_abort_also_cancels_a_migration_still_waiting_for_its_server() {
     assert_eq!(migrations, 1, "the second never reached libvirt");
     assert_eq!(a.hv.info(&name).unwrap().power, PowerState::Running);
 }
+
+/// The migrate command of a migration that succeeded, sent again (a leader change, or the
+/// source agent restarted and lost its memory of the command) is answered ok: failing on the
+/// missing domain would make the controller roll back a server that runs at its destination.
+async fn a_resent_migrate_after_success_is_answered_ok(live: bool) {
+    let (p, xml) = prepared(live).await;
+    let (a, b, id) = (&p.a, &p.b, p.id);
+    let name = domain_name(&id.to_string());
+    let (step, payload) = if live {
+        ("live_migrate", live_migrate(&p, &xml, 30))
+    } else {
+        (
+            "migrate",
+            Payload::Migrate(pb::MigrateCommand {
+                server_id: id.to_string(),
+                destination_host: "host-b".into(),
+                destination_address: "host-b".into(),
+                destination_domain_xml: xml.clone(),
+                destination_generation: 2,
+                timeout_seconds: 30,
+            }),
+        )
+    };
+    a.command("op-move", step, payload.clone()).await;
+    let r = a.finished("op-move", step, 1).await;
+    assert!(r.ok, "{r:?}");
+    assert!(a.hv.info(&name).unwrap_err().is_not_found());
+    assert_eq!(b.hv.info(&name).unwrap().server.unwrap().generation, 2);
+    let migrations =
+        |h: &HostUnderTest| h.calls_on(id).iter().filter(|o| **o == Op::Migrate).count();
+    assert_eq!(migrations(a), 1);
+
+    // Resent by a new leader (a step the agent has not seen).
+    a.command("op-move", "resent", payload.clone()).await;
+    let r = a.finished("op-move", "resent", 1).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.message, "already migrated to host-b");
+
+    // Resent to a restarted agent: the departure is remembered on disk.
+    a.restart();
+    wait_for(WAIT, "the restarted agent registered", || async {
+        let n = a.ctl.with(|c| c.registrations.len());
+        (n >= 2).then_some(()).ok_or(format!("{n} registrations"))
+    })
+    .await;
+    a.command("op-move", step, payload.clone()).await;
+    let r = a.finished("op-move", step, 2).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.message, "already migrated to host-b");
+    assert_eq!(migrations(a), 1, "nothing migrated again");
+
+    // A migration to another generation is not the one that succeeded.
+    let other = match payload {
+        Payload::LiveMigrate(m) => Payload::LiveMigrate(pb::LiveMigrateCommand {
+            destination_generation: 3,
+            ..m
+        }),
+        Payload::Migrate(m) => Payload::Migrate(pb::MigrateCommand {
+            destination_generation: 3,
+            ..m
+        }),
+        other => other,
+    };
+    a.command("op-other", step, other).await;
+    let r = a.finished("op-other", step, 1).await;
+    assert!(!r.ok, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_migrate_resent_after_success_is_answered_ok() {
+    a_resent_migrate_after_success_is_answered_ok(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_migrate_resent_after_success_is_answered_ok() {
+    a_resent_migrate_after_success_is_answered_ok(false).await;
+}
