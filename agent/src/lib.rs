@@ -9,6 +9,8 @@
 //! - [`transfer`]: image fetches and snapshot uploads.
 //! - [`service`]: wires the tasks together.
 //! - [`driver`], [`render`], [`reconcile`]: drivers, pure renderers, the pure planner.
+//! - [`testbed`]: test and benchmark infrastructure only (two namespaced libvirt hosts on one
+//!   machine); the agent does not use it.
 
 pub mod commands;
 pub mod config;
@@ -20,4 +22,5 @@ pub mod reconcile;
 pub mod render;
 pub mod service;
 pub mod session;
+pub mod testbed;
 pub mod transfer;

@@ -1,28 +1,70 @@
-//! Two compute "hosts" on one machine for real migration tests: each a network namespace (a
-//! veth on a Linux bridge, its own 10.x address) plus a private mount namespace with its own
-//! `/etc/libvirt`, `/var/lib/libvirt`, `/run/libvirt`, `/var/cache/libvirt` and
+//! Test and benchmark infrastructure, not used by the agent itself: two compute "hosts" on
+//! one machine for real migration tests and benchmarks (`agent/tests/migration_real.rs`,
+//! `agent/tests/e2e_moves_real.rs`, `flotilla-bench migrate-real`). Each host is a network
+//! namespace (a veth on a Linux bridge, its own 10.x address) plus a private mount namespace
+//! with its own `/etc/libvirt`, `/var/lib/libvirt`, `/run/libvirt`, `/var/cache/libvirt` and
 //! `/var/log/libvirt`, running its own `virtlogd` and `libvirtd --listen` (TCP without auth,
 //! a distinct host UUID, QEMU migrating on the host's address). See the recipe
 //! `/work/shared/recipes/two-hosts.sh`.
 //!
+//! Like a test fixture, setup panics (with the failing command's output) when something it
+//! needs does not work; check [`missing_prerequisite`] first. Needs root.
+//!
 //! Safety: the bridge gets an address in the root namespace first, and setup checks that
 //! `ip route get <host address>` names the bridge before any traffic, so test traffic only
 //! ever goes to these namespaces (or loopback), never off the machine by the default route.
-//! Names carry the test process id, so concurrent test runs do not collide. Everything is torn
-//! down on drop by pid (QEMU pid files, libvirtd's own pid, virtlogd's pid file), never by name.
+//! Names carry the process id, so concurrent runs do not collide. Everything is torn down on
+//! drop by pid (QEMU pid files, libvirtd's own pid, virtlogd's pid file), never by name.
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_agent::driver::libvirt::LibvirtHypervisor;
+use crate::driver::libvirt::LibvirtHypervisor;
 
-use super::libvirtd::find_tool;
+/// Why a private libvirtd with the QEMU driver cannot run here, if it cannot: not root, or
+/// libvirtd, virtlogd, qemu-system-x86_64, qemu-img, unshare or virsh missing.
+pub fn libvirt_missing_prerequisite() -> Option<String> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1));
+    if uid != Some("0") {
+        return Some("not root (libvirtd with the QEMU driver and tap devices need root)".into());
+    }
+    for tool in [
+        "libvirtd",
+        "virtlogd",
+        "qemu-system-x86_64",
+        "qemu-img",
+        "unshare",
+        "virsh",
+    ] {
+        if find_tool(tool).is_none() {
+            return Some(format!(
+                "{tool} is not installed (run deploy/install-deps.sh as root)"
+            ));
+        }
+    }
+    None
+}
+
+/// Where `name` is installed: on `PATH`, or in `/usr/sbin`, `/usr/bin`, `/sbin`.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file());
+    found
+}
 
 /// Why two hosts cannot be set up here, if they cannot (on top of
-/// [`super::libvirtd::missing_prerequisite`]).
+/// [`libvirt_missing_prerequisite`]: `ip`, `qemu-io` and network namespaces).
 pub fn missing_prerequisite() -> Option<String> {
-    if let Some(r) = super::libvirtd::missing_prerequisite() {
+    if let Some(r) = libvirt_missing_prerequisite() {
         return Some(r);
     }
     for tool in ["ip", "qemu-io"] {

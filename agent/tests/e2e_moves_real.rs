@@ -1,6 +1,6 @@
 //! Real end to end for moving servers: an in-process controller, two `flotilla-agent`
 //! processes and two compute hosts, each a network + mount namespace with its own libvirtd
-//! ([`support::two_hosts`]), and the tiny guest of `tests/data/make-guest.sh`, which prints
+//! ([`flotilla_agent::testbed`]), and the tiny guest of `tests/data/make-guest.sh`, which prints
 //! "tick N" on its console every second. Through the gRPC API:
 //!
 //! 1. live migration A → B: the operation succeeds, the server is ACTIVE on B at generation 2,
@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flotilla_agent::driver::{Hypervisor, PowerState};
+use flotilla_agent::testbed::{self as two_hosts, run, TwoHosts};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::flavor_service_client::FlavorServiceClient;
 use flotilla_proto::v1::host_service_client::HostServiceClient;
 use flotilla_proto::v1::server_service_client::ServerServiceClient;
 use support::e2e::*;
 use support::libvirtd::guest;
-use support::two_hosts::{self, run, TwoHosts};
 use support::wait_for;
 
 const MOVE: Duration = Duration::from_secs(180);

@@ -1,5 +1,5 @@
 //! Real live migration between two libvirtds, each in its own network and mount namespace
-//! ([`support::two_hosts`]), with QEMU (TCG) guests that print a counter on their serial
+//! ([`flotilla_agent::testbed`]), with QEMU (TCG) guests that print a counter on their serial
 //! console every second (`tests/data/make-guest.sh`).
 //!
 //! 1. The driver's migration conformance suite ([`run_migration_suite`]) on the real driver.
@@ -28,11 +28,11 @@ use flotilla_agent::driver::{Hypervisor, PowerState};
 use flotilla_agent::render::domain::domain_name;
 use flotilla_agent::render::qemu_img::DiskFormat;
 use flotilla_agent::service::{self, Drivers, Running};
+use flotilla_agent::testbed::{self as two_hosts, run, TwoHosts};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::agent_command::Payload;
 use flotilla_proto::v1::controller_message::Msg as Out;
 use support::libvirtd::{guest, wait_until};
-use support::two_hosts::{self, run, TwoHosts};
 use support::{wait_for, FakeController};
 use uuid::Uuid;
 

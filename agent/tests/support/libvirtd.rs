@@ -17,42 +17,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_agent::driver::libvirt::LibvirtHypervisor;
 
-/// Why the test cannot run here, if it cannot.
-pub fn missing_prerequisite() -> Option<String> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1));
-    if uid != Some("0") {
-        return Some("not root (libvirtd with the QEMU driver and tap devices need root)".into());
-    }
-    for tool in [
-        "libvirtd",
-        "virtlogd",
-        "qemu-system-x86_64",
-        "qemu-img",
-        "unshare",
-        "virsh",
-    ] {
-        if find_tool(tool).is_none() {
-            return Some(format!(
-                "{tool} is not installed (run deploy/install-deps.sh as root)"
-            ));
-        }
-    }
-    None
-}
-
-pub fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file());
-    found
-}
+#[allow(unused_imports)] // Each test binary uses a different part.
+pub use flotilla_agent::testbed::libvirt_missing_prerequisite as missing_prerequisite;
 
 /// Polls `f` until it returns `Some`, panicking with `what` after `timeout`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {

@@ -6,7 +6,6 @@
 
 pub mod e2e;
 pub mod libvirtd;
-pub mod two_hosts;
 
 use std::collections::HashMap;
 use std::future::Future;
