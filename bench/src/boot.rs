@@ -54,7 +54,7 @@ use crate::{cpu, machine_note};
 
 const HOST: &str = "bench-host";
 const KERNEL: &str = "guest";
-const FLAVOR: &str = "boot-bench";
+pub(crate) const FLAVOR: &str = "boot-bench";
 /// Longest wait for a server to become ACTIVE or to be gone.
 const DEADLINE: Duration = Duration::from_secs(180);
 
@@ -275,7 +275,69 @@ impl Drop for Daemons {
 }
 
 /// The agent process, killed by its pid when dropped.
-struct Agent(Child);
+pub(crate) struct Agent(pub(crate) Child);
+
+impl Agent {
+    /// Starts `bin run --config CONFIG`, its output appended to `log`.
+    pub(crate) fn spawn(bin: &Path, config: &Path, log: &Path) -> Result<Agent> {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,flotilla_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Agent(child))
+    }
+}
+
+/// What differs between the benchmarks' agent configurations.
+pub(crate) struct AgentSpec<'a> {
+    pub(crate) hostname: &'a str,
+    /// How other hosts reach this one (the migration target).
+    pub(crate) address: &'a str,
+    pub(crate) controllers: &'a Cluster,
+    pub(crate) libvirt_uri: &'a str,
+    pub(crate) state_dir: &'a Path,
+    pub(crate) kernel: &'a Path,
+    pub(crate) initrd: &'a Path,
+}
+
+impl AgentSpec<'_> {
+    /// Writes the agent configuration to `path`: the libvirt driver with qemu-img disks,
+    /// `domain_type = "qemu"`, the guest kernel as `[kernels.guest]`, plaintext to the
+    /// controllers' peer listeners.
+    pub(crate) fn write(&self, path: &Path) -> Result<()> {
+        let peers: Vec<String> = self
+            .controllers
+            .members
+            .iter()
+            .map(|m| format!("\"{}\"", m.peer_addr))
+            .collect();
+        fs::write(
+            path,
+            format!(
+                "hostname = \"{host}\"\naddress = \"{address}\"\ncontrollers = [{peers}]\n\
+                 libvirt_uri = \"{uri}\"\ndomain_type = \"qemu\"\nstate_dir = \"{state}\"\n\
+                 shutdown_timeout_secs = 3\ndisk_cache = \"writeback\"\n\n\
+                 [capacity]\nvcpus = 4\nram_mib = 2048\ndisk_gib = 20\n\n\
+                 [kernels.{KERNEL}]\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
+                 cmdline = \"console=ttyS0 quiet\"\n",
+                host = self.hostname,
+                address = self.address,
+                peers = peers.join(", "),
+                uri = self.libvirt_uri,
+                state = self.state_dir.display(),
+                kernel = self.kernel.display(),
+                initrd = self.initrd.display(),
+            ),
+        )?;
+        Ok(())
+    }
+}
 
 impl Drop for Agent {
     fn drop(&mut self) {
@@ -285,11 +347,11 @@ impl Drop for Agent {
 }
 
 /// Runs `virsh -c URI ARGS…`; returns its stdout.
-fn virsh(uri: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn virsh(uri: &str, args: &[&str]) -> Result<String> {
     run_tool("virsh", &[&["-c", uri], args].concat())
 }
 
-fn run_tool(tool: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run_tool(tool: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(tool)
         .args(args)
         .stdin(Stdio::null())
@@ -307,7 +369,7 @@ fn run_tool(tool: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Runs a tool as a process (async) and returns how long it took.
-async fn timed_tool(tool: &str, args: &[&str]) -> Result<f64> {
+pub(crate) async fn timed_tool(tool: &str, args: &[&str]) -> Result<f64> {
     let t = Instant::now();
     let out = tokio::process::Command::new(tool)
         .args(args)
@@ -328,19 +390,19 @@ async fn timed_tool(tool: &str, args: &[&str]) -> Result<f64> {
 }
 
 /// The public API as `admin` in the `admin` project, on the leader.
-struct Api {
-    channel: Channel,
+pub(crate) struct Api {
+    pub(crate) channel: Channel,
     auth: MetadataValue<Ascii>,
 }
 
 impl Api {
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.metadata_mut().insert("authorization", self.auth.clone());
         r
     }
 
-    async fn server(&self, id: &str) -> Result<pb::Server, tonic::Status> {
+    pub(crate) async fn server(&self, id: &str) -> Result<pb::Server, tonic::Status> {
         ServerServiceClient::new(self.channel.clone())
             .get_server(self.req(pb::GetServerRequest {
                 server: id.into(),
@@ -351,7 +413,7 @@ impl Api {
     }
 }
 
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
@@ -617,7 +679,7 @@ fn new_file_under(disks: &Path, before: &[String], file: &str) -> bool {
 }
 
 /// The domain XML the agent defined, to be rendered for a by-hand domain.
-struct Template {
+pub(crate) struct Template {
     xml: String,
     id: String,
     disk: String,
@@ -625,7 +687,7 @@ struct Template {
 
 impl Template {
     /// Takes `virsh dumpxml --inactive` of the agent's domain for server `id`.
-    fn from_agent(uri: &str, id: &str, disk: &Path) -> Result<Template> {
+    pub(crate) fn from_agent(uri: &str, id: &str, disk: &Path) -> Result<Template> {
         let xml = virsh(uri, &["dumpxml", "--inactive", &format!("flotilla-{id}")])?;
         let disk = disk.display().to_string();
         if !xml.contains(&disk) {
@@ -640,14 +702,25 @@ impl Template {
 
     /// The same domain named `name`, a fresh uuid, on `overlay`, its console log in `dir`,
     /// without Flotilla's metadata.
-    fn render(&self, name: &str, overlay: &Path, dir: &Path) -> String {
+    pub(crate) fn render(&self, name: &str, overlay: &Path, dir: &Path) -> String {
+        self.render_as(name, uuid::Uuid::new_v4(), overlay, dir)
+    }
+
+    /// [`Self::render`] with a given uuid (a migrated domain keeps its uuid).
+    pub(crate) fn render_as(
+        &self,
+        name: &str,
+        uuid: uuid::Uuid,
+        overlay: &Path,
+        dir: &Path,
+    ) -> String {
         let mut xml = self.xml.replace(&self.disk, &overlay.display().to_string());
         for tag in ["metadata", "uuid"] {
             let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
             if let (Some(a), Some(b)) = (xml.find(&open), xml.find(&close)) {
                 if a < b {
                     let keep = if tag == "uuid" {
-                        format!("<uuid>{}</uuid>", uuid::Uuid::new_v4())
+                        format!("<uuid>{uuid}</uuid>")
                     } else {
                         String::new()
                     };
@@ -680,7 +753,7 @@ fn replace_log_paths(xml: &str, dir: &Path) -> String {
 
 /// The base image: a qcow2 of `mib` MiB virtual size holding `data_mib` MiB of incompressible
 /// bytes (none: an empty qcow2), made by qemu-img.
-fn make_image(dir: &Path, mib: u64, data_mib: u64) -> Result<Vec<u8>> {
+pub(crate) fn make_image(dir: &Path, mib: u64, data_mib: u64) -> Result<Vec<u8>> {
     let path = dir.join("base.qcow2").display().to_string();
     if data_mib == 0 {
         run_tool(
@@ -715,60 +788,37 @@ fn make_image(dir: &Path, mib: u64, data_mib: u64) -> Result<Vec<u8>> {
     Ok(fs::read(&path)?)
 }
 
-/// Builds the guest kernel + initramfs with make-guest.sh unless they exist.
-fn guest(a: &BootArgs) -> Result<(PathBuf, PathBuf)> {
-    let (kernel, initrd) = (a.guest_dir.join("vmlinuz"), a.guest_dir.join("initrd.gz"));
+/// Builds the guest kernel + initramfs into `guest_dir` with `make_guest` unless they exist.
+pub(crate) fn guest(guest_dir: &Path, make_guest: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (kernel, initrd) = (guest_dir.join("vmlinuz"), guest_dir.join("initrd.gz"));
     if kernel.is_file() && initrd.is_file() {
         return Ok((fs::canonicalize(kernel)?, fs::canonicalize(initrd)?));
     }
     eprintln!(
         "building the guest with {} (apt-get download of a kernel and busybox)",
-        a.make_guest.display()
+        make_guest.display()
     );
-    let tmp = a
-        .guest_dir
-        .with_extension(format!("part-{}", std::process::id()));
+    let tmp = guest_dir.with_extension(format!("part-{}", std::process::id()));
     run_tool(
         "bash",
         &[
-            &a.make_guest.display().to_string(),
+            &make_guest.display().to_string(),
             &tmp.display().to_string(),
         ],
     )?;
-    fs::rename(&tmp, &a.guest_dir)?;
+    fs::rename(&tmp, guest_dir)?;
     Ok((fs::canonicalize(kernel)?, fs::canonicalize(initrd)?))
 }
 
-fn check_prerequisites() -> Result<()> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1));
-    if uid != Some("0") {
-        bail!("boot-real needs root (libvirtd with the QEMU driver)");
+/// Fails unless a private libvirtd with the QEMU driver can run here.
+pub(crate) fn check_prerequisites() -> Result<()> {
+    match flotilla_agent::testbed::libvirt_missing_prerequisite() {
+        Some(reason) => bail!("cannot run: {reason}"),
+        None => Ok(()),
     }
-    let path = std::env::var("PATH").unwrap_or_default();
-    for tool in [
-        "libvirtd",
-        "virtlogd",
-        "qemu-system-x86_64",
-        "qemu-img",
-        "unshare",
-        "virsh",
-    ] {
-        let found = path
-            .split(':')
-            .chain(["/usr/sbin", "/usr/bin", "/sbin"])
-            .any(|d| Path::new(d).join(tool).is_file());
-        if !found {
-            bail!("{tool} is not installed (run deploy/install-deps.sh as root)");
-        }
-    }
-    Ok(())
 }
 
-async fn upload_image(api: &Api, content: Vec<u8>) -> Result<pb::Image> {
+pub(crate) async fn upload_image(api: &Api, content: Vec<u8>) -> Result<pb::Image> {
     let image = ImageServiceClient::new(api.channel.clone())
         .create_image(api.req(pb::CreateImageRequest {
             request_id: request_id(),
@@ -803,10 +853,9 @@ async fn upload_image(api: &Api, content: Vec<u8>) -> Result<pb::Image> {
     Ok(up)
 }
 
-/// Starts everything: libvirtd, the controllers, the agent; seeds the flavor and the image.
-async fn setup(a: BootArgs) -> Result<(Bench, tempfile::TempDir)> {
-    check_prerequisites()?;
-    for bin in [&a.controller_bin, &a.agent_bin] {
+/// Fails unless the controller and agent binaries exist.
+pub(crate) fn check_binaries(controller_bin: &Path, agent_bin: &Path) -> Result<()> {
+    for bin in [controller_bin, agent_bin] {
         if !bin.is_file() {
             bail!(
                 "{} not found; build it with `cargo build --release -p flotilla-controller \
@@ -815,32 +864,28 @@ async fn setup(a: BootArgs) -> Result<(Bench, tempfile::TempDir)> {
             );
         }
     }
-    let (kernel, initrd) = guest(&a)?;
-    fs::create_dir_all(&a.data_root)?;
-    let dir = tempfile::Builder::new()
-        .prefix("flotilla-bench-boot-")
-        .tempdir_in(&a.data_root)?;
-    let root = dir.path().to_owned();
-    let mut daemons = Daemons::start(&root.join("libvirt"))?;
-    let t = Instant::now();
-    daemons.wait_ready()?;
-    if !a.json {
-        eprintln!(
-            "libvirtd ready after {:.1} s at {}",
-            t.elapsed().as_secs_f64(),
-            daemons.uri()
-        );
-    }
+    Ok(())
+}
+
+/// Starts three controllers (default settings, data under `root`), logs in as the admin on the
+/// leader and creates the benchmarks' flavor (1 vCPU, 128 MiB, 1 GiB, the guest kernel).
+pub(crate) async fn start_controllers(
+    controller_bin: &Path,
+    root: &Path,
+    port_base: u16,
+    save_logs: Option<PathBuf>,
+    quiet: bool,
+) -> Result<(Cluster, Api)> {
     let mut cluster = Cluster::start(
         Kind::Flotilla,
         &StartOptions {
-            flotilla_bin: a.controller_bin.clone(),
+            flotilla_bin: controller_bin.to_owned(),
             etcd_bin: PathBuf::from("etcd"),
-            data_root: root.clone(),
-            flotilla_port_base: a.flotilla_port_base,
+            data_root: root.to_owned(),
+            flotilla_port_base: port_base,
             etcd_port_base: 0,
             etcd_election_timeout_ms: None,
-            save_logs: a.save_logs.clone(),
+            save_logs,
         },
     )?;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
@@ -859,7 +904,7 @@ async fn setup(a: BootArgs) -> Result<(Bench, tempfile::TempDir)> {
         channel: chan,
         auth: format!("Bearer {token}").parse()?,
     };
-    if !a.json {
+    if !quiet {
         eprintln!(
             "controllers (pids {:?}) ready, leader {}",
             cluster.pids(),
@@ -878,46 +923,85 @@ async fn setup(a: BootArgs) -> Result<(Bench, tempfile::TempDir)> {
         }))
         .await
         .context("CreateFlavor")?;
+    Ok((cluster, api))
+}
+
+/// Waits until the API lists `host` as UP, calling `alive` (which fails when a process the
+/// benchmark needs died) between polls.
+pub(crate) async fn wait_host_up(
+    api: &Api,
+    host: &str,
+    within: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        alive()?;
+        let hosts = pb::host_service_client::HostServiceClient::new(api.channel.clone())
+            .list_hosts(api.req(pb::ListHostsRequest::default()))
+            .await
+            .context("ListHosts")?
+            .into_inner()
+            .hosts;
+        if hosts
+            .iter()
+            .any(|h| h.hostname == host && h.state() == pb::HostState::Up)
+        {
+            return Ok(());
+        }
+        if t.elapsed() > within {
+            bail!("host {host} is not up after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts everything: libvirtd, the controllers, the agent; seeds the flavor and the image.
+async fn setup(a: BootArgs) -> Result<(Bench, tempfile::TempDir)> {
+    check_prerequisites()?;
+    check_binaries(&a.controller_bin, &a.agent_bin)?;
+    let (kernel, initrd) = guest(&a.guest_dir, &a.make_guest)?;
+    fs::create_dir_all(&a.data_root)?;
+    let dir = tempfile::Builder::new()
+        .prefix("flotilla-bench-boot-")
+        .tempdir_in(&a.data_root)?;
+    let root = dir.path().to_owned();
+    let mut daemons = Daemons::start(&root.join("libvirt"))?;
+    let t = Instant::now();
+    daemons.wait_ready()?;
+    if !a.json {
+        eprintln!(
+            "libvirtd ready after {:.1} s at {}",
+            t.elapsed().as_secs_f64(),
+            daemons.uri()
+        );
+    }
+    let (cluster, api) = start_controllers(
+        &a.controller_bin,
+        &root,
+        a.flotilla_port_base,
+        a.save_logs.clone(),
+        a.json,
+    )
+    .await?;
     let images = root.join("images");
     fs::create_dir_all(&images)?;
     let image = upload_image(&api, make_image(&images, a.image_mib, a.image_data_mib)?).await?;
 
     let state = root.join("agent");
-    let peers: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| format!("\"{}\"", m.peer_addr))
-        .collect();
     let agent_config = root.join("agent.toml");
-    fs::write(
-        &agent_config,
-        format!(
-            "hostname = \"{HOST}\"\naddress = \"127.0.0.1\"\ncontrollers = [{peers}]\n\
-             libvirt_uri = \"{uri}\"\ndomain_type = \"qemu\"\nstate_dir = \"{state}\"\n\
-             shutdown_timeout_secs = 3\ndisk_cache = \"writeback\"\n\n\
-             [capacity]\nvcpus = 4\nram_mib = 2048\ndisk_gib = 20\n\n\
-             [kernels.{KERNEL}]\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-             cmdline = \"console=ttyS0 quiet\"\n",
-            peers = peers.join(", "),
-            uri = daemons.uri(),
-            state = state.display(),
-            kernel = kernel.display(),
-            initrd = initrd.display(),
-        ),
-    )?;
+    AgentSpec {
+        hostname: HOST,
+        address: "127.0.0.1",
+        controllers: &cluster,
+        libvirt_uri: &daemons.uri(),
+        state_dir: &state,
+        kernel: &kernel,
+        initrd: &initrd,
+    }
+    .write(&agent_config)?;
     let agent_log = root.join("agent.log");
-    let out = fs::File::create(&agent_log)?;
-    let agent = Agent(
-        Command::new(&a.agent_bin)
-            .args(["run", "--config"])
-            .arg(&agent_config)
-            .env("RUST_LOG", "info,flotilla_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", a.agent_bin.display()))?,
-    );
+    let agent = Agent::spawn(&a.agent_bin, &agent_config, &agent_log)?;
     let mut bench = Bench {
         a,
         root,
@@ -930,30 +1014,16 @@ async fn setup(a: BootArgs) -> Result<(Bench, tempfile::TempDir)> {
         image_id: image.id,
         image_sha: image.sha256,
     };
-    // The host up in the API.
     let t = Instant::now();
-    loop {
-        bench.check_alive()?;
-        let hosts = pb::host_service_client::HostServiceClient::new(bench.api.channel.clone())
-            .list_hosts(bench.api.req(pb::ListHostsRequest::default()))
-            .await
-            .context("ListHosts")?
-            .into_inner()
-            .hosts;
-        if hosts
-            .iter()
-            .any(|h| h.hostname == HOST && h.state() == pb::HostState::Up)
-        {
-            break;
+    let up = wait_host_up(&bench.api, HOST, Duration::from_secs(60), || {
+        bench.cluster.check_alive()?;
+        if let Some(status) = bench.agent.0.try_wait()? {
+            bail!("flotilla-agent exited ({status})");
         }
-        if t.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "the agent's host is not up after 60 s; see {}",
-                bench.agent_log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(())
+    })
+    .await;
+    up.with_context(|| format!("see {}", bench.agent_log.display()))?;
     if !bench.a.json {
         eprintln!(
             "agent (pid {}) up after {:.1} s",
@@ -1063,7 +1133,7 @@ fn cp_line(r: &CpRun) -> String {
 }
 
 /// p50, p95 (nearest rank), min, max.
-fn stats(v: &[f64]) -> [f64; 4] {
+pub(crate) fn stats(v: &[f64]) -> [f64; 4] {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     if s.is_empty() {
         return [f64::NAN; 4];

@@ -12,6 +12,7 @@ mod cpu;
 mod evacuate;
 mod images;
 mod load;
+mod migrate;
 mod placement;
 
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ enum Cmd {
     /// Create-to-running on real libvirt + QEMU through the control plane, next to
     /// `qemu-img create` + `virsh define` + `virsh start` by hand (Flotilla only).
     BootReal(boot::BootArgs),
+    /// Live migration between two real libvirt hosts (namespaces) through the control plane,
+    /// next to `virsh migrate` by hand on a guest of the same shape (Flotilla only).
+    MigrateReal(migrate::MigrateArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -292,6 +296,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Placement(a) => placement::main(a).await,
         Cmd::Evacuate(a) => evacuate::main(a).await,
         Cmd::BootReal(a) => boot::run(a).await,
+        Cmd::MigrateReal(a) => migrate::run(a).await,
     }
 }
 
