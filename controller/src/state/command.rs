@@ -13,6 +13,7 @@ use super::host_jobs::{HostJobSpec, ItemStart};
 use super::hosts::HostRegistration;
 use super::images::{ImageChanges, ImageSpec, UploadResult};
 use super::model::{Member, Role};
+use super::networks::NetCommand;
 use super::operations::Progress;
 use super::quota::{Amounts, Resource};
 use super::server_groups::ServerGroupSpec;
@@ -265,6 +266,8 @@ pub enum Command {
         operation_id: String,
         starts: Vec<ItemStart>,
     },
+    /// Networks, subnets, ports, floating IPs and security groups (IPAM happens in apply).
+    Networking(NetCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,6 +331,7 @@ impl Command {
             Command::CancelOperation { .. } => "cancel_operation",
             Command::StartHostJob { .. } => "start_host_job",
             Command::AdvanceHostJob { .. } => "advance_host_job",
+            Command::Networking(c) => c.kind(),
         }
     }
 }

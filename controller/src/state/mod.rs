@@ -11,12 +11,15 @@ mod host_jobs;
 mod hosts;
 mod identity;
 mod images;
+mod ipam;
 mod migrations;
 mod model;
+mod networks;
 mod operations;
 mod outcome;
 mod projects;
 mod quota;
+mod security_groups;
 mod server_groups;
 mod server_queries;
 mod server_reports;
@@ -38,15 +41,24 @@ pub use images::{
     ContainerFormat, DiskFormat, Image, ImageChanges, ImageSpec, ImageStatus, ImageUpload,
     UploadResult, Visibility,
 };
+pub use ipam::Family;
 pub use migrations::{cancellable, Migration, MoveSpec};
 pub use model::{
     Event, EventAction, Flavor, Member, Meta, Project, Role, RoleAssignment, SigningKey, User,
+};
+pub use networks::{
+    normalize_mac, FixedIp, FloatingIp, GatewaySpec, HostRoute, NetCommand, NetOutcome, Network,
+    NetworkSpec, NetworkType, Port, PortSpec, Subnet, SubnetSpec, DEFAULT_VNI_RANGE,
 };
 pub use operations::{ItemState, OpItem, OpState, Operation, Progress};
 pub use outcome::{Outcome, Rejection};
 pub use quota::{
     admit, validate_limits, Amounts, ProjectQuota, QuotaExceeded, QuotaItem, Resource,
     ResourceDelta, UNLIMITED,
+};
+pub use security_groups::{
+    Direction, Ethertype, RuleSpec, SecurityGroup, SecurityGroupRule, DEFAULT_GROUP,
+    DEFAULT_GROUP_IDS, NEW_GROUP_RULE_IDS,
 };
 pub use server_groups::{ServerGroup, ServerGroupSpec};
 pub use server_steps::AGENT_UPLOAD;
@@ -56,8 +68,9 @@ pub use servers::{
 };
 
 /// Format of encoded snapshots of [`State`]. 2: identity and quotas were added. 3: images.
-/// 4: hosts, servers, operations. 5: server groups (and each server's group id).
-pub const STATE_FORMAT_VERSION: u8 = 6;
+/// 4: hosts, servers, operations. 5: server groups (and each server's group id). 7: networking
+/// (networks, subnets, ports, floating IPs, security groups).
+pub const STATE_FORMAT_VERSION: u8 = 7;
 
 /// Events kept for watchers that resume from an old revision.
 pub const EVENT_RETENTION: usize = 20_000;
@@ -120,6 +133,8 @@ pub struct State {
     /// Backup operation id → (backup type, how many of that type to keep).
     backup_rotations: BTreeMap<String, (String, u32)>,
     server_groups: BTreeMap<String, ServerGroup>,
+    /// Networks, subnets (with their IPAM), ports, floating IPs and security groups.
+    net: networks::Networking,
     // Derived lookups, rebuilt after decoding and never encoded.
     #[serde(skip)]
     project_names: BTreeMap<String, String>,
@@ -217,6 +232,7 @@ impl State {
             Command::CreateServerGroup(_) | Command::DeleteServerGroup { .. } => {
                 self.apply_server_group(revision, env)
             }
+            Command::Networking(_) => self.apply_networking(revision, env),
         };
         let outcome = match result {
             Ok((outcome, Some(change))) => {
@@ -459,6 +475,8 @@ impl State {
 mod identity_tests;
 #[cfg(test)]
 mod image_tests;
+#[cfg(test)]
+mod network_tests;
 #[cfg(test)]
 mod server_tests;
 /// Values of an id-keyed map after `after` (exclusive; empty = from the start): one page of a

@@ -31,6 +31,8 @@ pub enum Outcome {
     },
     ServerGroup(ServerGroup),
     Operation(Box<super::Operation>),
+    /// A network, subnet, port, floating IP, security group or rule.
+    Net(Box<super::NetOutcome>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
