@@ -13,7 +13,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTls
 use crate::api::auth::Authenticator;
 use crate::api::{
     self, AgentApi, Api, ClusterApi, EventApi, FlavorApi, HostApi, IdentityApi, ImageApi,
-    OperationApi, QuotaApi, ServerApi, ServerGroupApi,
+    NetworkApi, OperationApi, QuotaApi, ServerApi, ServerGroupApi,
 };
 use crate::config::{TlsConfig, ValidConfig};
 use crate::images::peers::{BlobServer, GrpcBlobPeers};
@@ -194,6 +194,7 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
     use pb::host_service_server::HostServiceServer;
     use pb::identity_service_server::IdentityServiceServer;
     use pb::image_service_server::ImageServiceServer;
+    use pb::network_service_server::NetworkServiceServer;
     use pb::operation_service_server::OperationServiceServer;
     use pb::quota_service_server::QuotaServiceServer;
     use pb::server_group_service_server::ServerGroupServiceServer;
@@ -234,8 +235,8 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
         .add_service(authed!(
             ServerGroupServiceServer,
             ServerGroupApi(api.clone())
-        ));
-    let client_router = crate::api::unimplemented::add_all(client_router, intercept.clone());
+        ))
+        .add_service(authed!(NetworkServiceServer, NetworkApi(api.clone())));
 
     let status_node = node.clone();
     let raft_server = RaftServer {

@@ -19,6 +19,7 @@ use crate::state::Member;
 
 mod bootstrap;
 mod image;
+mod network;
 mod quota;
 
 const PASSWORD: &str = "password-1";
@@ -41,6 +42,7 @@ struct World {
     events: EventApi,
     quotas: QuotaApi,
     images: super::ImageApi,
+    networks: super::NetworkApi,
     counter: AtomicU32,
     /// The controller's image blob store (deleted with the world).
     _blob_dir: tempfile::TempDir,
@@ -78,6 +80,7 @@ impl World {
             clusters: ClusterApi(api.clone()),
             events: EventApi(api.clone()),
             quotas: QuotaApi(api.clone()),
+            networks: super::NetworkApi(api.clone()),
             images: image::image_api(api, &blob_dir),
             counter: AtomicU32::new(0),
             _blob_dir: blob_dir,

@@ -1,26 +1,6 @@
-//! Services of the v1 contract that later work implements. They are served (so clients and
-//! reflection see the whole contract) and answer every call with UNIMPLEMENTED.
-use flotilla_proto::v1 as pb;
-use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
-use tonic::transport::server::Router;
-
-/// Stands in for a service whose RPCs are not built yet (the generated default methods).
-#[derive(Clone, Copy, Default)]
-pub struct NotYetImplemented;
-
-impl pb::network_service_server::NetworkService for NotYetImplemented {}
-
-pub fn add_all<I, L>(router: Router<L>, intercept: I) -> Router<L>
-where
-    I: Interceptor + Clone + Send + Sync + 'static,
-{
-    let s = NotYetImplemented;
-    router.add_service(InterceptedService::new(
-        pb::network_service_server::NetworkServiceServer::new(s),
-        intercept.clone(),
-    ))
-}
+//! Naming of UNIMPLEMENTED answers. Every service of the v1 contract is built now; a generated
+//! default method (an RPC added to a proto before its handler) still answers UNIMPLEMENTED, and
+//! [`NameUnimplementedLayer`] makes that answer name the method.
 
 /// Rewrites the generated stubs' bare "Not yet implemented" into a message naming the method, so
 /// a client learns exactly which call this release does not offer yet.
@@ -82,8 +62,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_proto::v1 as pb;
     use pb::network_service_client::NetworkServiceClient;
     use tonic::transport::Server;
+
+    /// A service whose RPCs all answer with the generated defaults.
+    #[derive(Clone, Copy, Default)]
+    struct NotYetImplemented;
+
+    impl pb::network_service_server::NetworkService for NotYetImplemented {}
 
     #[tokio::test]
     async fn an_unbuilt_rpc_answers_unimplemented_naming_the_method() {

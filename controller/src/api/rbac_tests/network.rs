@@ -1,0 +1,266 @@
+//! NetworkService through the real service on the in-process cluster: who may do what, and the
+//! IPAM, floating IP and security group behaviour a client sees.
+use flotilla_proto::v1 as pb;
+use pb::network_service_server::NetworkService;
+use tonic::Code;
+
+use super::World;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_networking_through_the_service_is_scoped_and_allocates_each_address_once() {
+    let w = World::start().await;
+    w.populate().await;
+    let member = w.login("member", "own").await.unwrap().token;
+    let reader = w.login("reader", "own").await.unwrap().token;
+    let n = &w.networks;
+
+    // A member creates a tenant network: VXLAN with an allocated VNI.
+    let r = w
+        .req(
+            Some(&member),
+            pb::CreateNetworkRequest {
+                request_id: "net-1".into(),
+                name: "private".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let net = n.create_network(r).await.unwrap().into_inner();
+    assert_eq!(net.network_type, pb::NetworkType::Vxlan as i32);
+    assert!(net.segmentation_id >= 1);
+    assert_eq!(net.mtu, 1450);
+
+    // Provider and external networks are admin only; readers cannot create anything.
+    let r = w
+        .req(
+            Some(&member),
+            pb::CreateNetworkRequest {
+                name: "public".into(),
+                external: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        n.create_network(r).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let r = w
+        .req(
+            Some(&reader),
+            pb::CreateNetworkRequest {
+                name: "mine".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        n.create_network(r).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+
+    // A small subnet: 3 pool addresses.
+    let r = w
+        .req(
+            Some(&member),
+            pb::CreateSubnetRequest {
+                network: "private".into(),
+                name: "tiny".into(),
+                cidr: "10.9.0.0/29".into(),
+                allocation_pools: vec![pb::SubnetAllocationPool {
+                    start: "10.9.0.2".into(),
+                    end: "10.9.0.4".into(),
+                }],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let subnet = n.create_subnet(r).await.unwrap().into_inner();
+    assert_eq!(subnet.gateway_ip, "10.9.0.1");
+    assert_eq!(subnet.ip_version, 4);
+
+    let port = |request_id: &str| {
+        w.req(
+            Some(&member),
+            pb::CreatePortRequest {
+                request_id: request_id.into(),
+                network: "private".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let a = n.create_port(port("port-a")).await.unwrap().into_inner();
+    // A retry answers with the same port and allocates nothing more.
+    let again = n.create_port(port("port-a")).await.unwrap().into_inner();
+    assert_eq!(a.id, again.id);
+    let b = n.create_port(port("port-b")).await.unwrap().into_inner();
+    let c = n.create_port(port("port-c")).await.unwrap().into_inner();
+    let mut addrs: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|p| p.fixed_ips[0].ip_address.clone())
+        .collect();
+    addrs.sort();
+    assert_eq!(addrs, ["10.9.0.2", "10.9.0.3", "10.9.0.4"]);
+    let full = n.create_port(port("port-d")).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    // Every port got the project's default group.
+    assert_eq!(a.security_group_ids.len(), 1);
+    assert_eq!(a.security_group_ids, c.security_group_ids);
+
+    // The reader sees the ports; another project's admin-less user does not.
+    let r = w
+        .req(Some(&reader), pb::ListPortsRequest::default())
+        .unwrap();
+    assert_eq!(n.list_ports(r).await.unwrap().into_inner().ports.len(), 3);
+    let norole = w.login("norole", "").await.unwrap().token;
+    let r = w
+        .req(
+            Some(&norole),
+            pb::GetPortRequest {
+                port: a.id.clone(),
+                stale: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(n.get_port(r).await.unwrap_err().code(), Code::NotFound);
+    let r = w
+        .req(
+            Some(&member),
+            pb::ListPortsRequest {
+                all_projects: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        n.list_ports(r).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+
+    // An admin's external network; the member allocates a floating IP and associates it.
+    let r = w.admin(pb::CreateNetworkRequest {
+        project: "other".into(),
+        name: "public".into(),
+        network_type: pb::NetworkType::Flat as i32,
+        physical_network: "physnet1".into(),
+        external: true,
+        ..Default::default()
+    });
+    n.create_network(r).await.unwrap();
+    let r = w.admin(pb::CreateSubnetRequest {
+        network: "public".into(),
+        cidr: "203.0.113.0/24".into(),
+        ..Default::default()
+    });
+    n.create_subnet(r).await.unwrap();
+    let r = w
+        .req(
+            Some(&member),
+            pb::CreateFloatingIpRequest {
+                floating_network: "public".into(),
+                port: a.id.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let fip = n.create_floating_ip(r).await.unwrap().into_inner();
+    assert_eq!(fip.floating_ip_address, "203.0.113.2");
+    assert_eq!(fip.fixed_ip_address, a.fixed_ips[0].ip_address);
+    let r = w
+        .req(
+            Some(&member),
+            pb::DisassociateFloatingIpRequest {
+                floating_ip: "203.0.113.2".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let fip = n.disassociate_floating_ip(r).await.unwrap().into_inner();
+    assert_eq!(fip.port_id, "");
+
+    // Deletes in use are refused with FAILED_PRECONDITION.
+    let r = w
+        .req(
+            Some(&member),
+            pb::DeleteNetworkRequest {
+                network: "private".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        n.delete_network(r).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    let r = w
+        .req(
+            Some(&member),
+            pb::DeleteSecurityGroupRequest {
+                security_group: "default".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        n.delete_security_group(r).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+
+    // Security groups: new ones start with two egress rules; rules are validated.
+    let r = w
+        .req(
+            Some(&member),
+            pb::CreateSecurityGroupRequest {
+                name: "web".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let web = n.create_security_group(r).await.unwrap().into_inner();
+    assert_eq!(web.rules.len(), 2);
+    let rule = |min: u32| {
+        w.req(
+            Some(&member),
+            pb::CreateSecurityGroupRuleRequest {
+                security_group: "web".into(),
+                direction: pb::SecurityGroupRuleDirection::Ingress as i32,
+                protocol: "tcp".into(),
+                port_range_min: Some(min),
+                port_range_max: Some(443),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    n.create_security_group_rule(rule(443)).await.unwrap();
+    assert_eq!(
+        n.create_security_group_rule(rule(443))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        n.create_security_group_rule(rule(444))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    let r = w
+        .req(Some(&reader), pb::ListSecurityGroupsRequest::default())
+        .unwrap();
+    let mut names: Vec<String> = n
+        .list_security_groups(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .security_groups
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["default", "web"]);
+    w.cluster.shutdown();
+}
