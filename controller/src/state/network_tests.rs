@@ -664,3 +664,30 @@ fn a_retried_create_port_returns_the_same_port_and_allocates_nothing_more() {
     assert_eq!(first, again);
     assert_eq!(log.state.ports_after("").count(), 1);
 }
+
+#[test]
+fn a_project_with_networking_resources_cannot_be_deleted_and_its_default_group_goes_with_it() {
+    let mut log = Log::new();
+    log.network("n1", "p1");
+    log.port("a", "n1", "p1");
+    match log.apply_cmd(Command::DeleteProject {
+        project: "p1".into(),
+    }) {
+        Outcome::Rejected(Rejection::FailedPrecondition(m)) => {
+            assert!(m.contains("1 network(s), 1 port(s)"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    log.apply(NetCommand::DeletePort {
+        port_id: "a".into(),
+    });
+    log.apply(NetCommand::DeleteNetwork {
+        network_id: "n1".into(),
+    });
+    let group = log.state.default_group_of("p1").unwrap().id.clone();
+    log.ok(Command::DeleteProject {
+        project: "p1".into(),
+    });
+    assert!(log.state.security_group(&group).is_none());
+    assert_eq!(log.state.rules_of(&group).count(), 0);
+}

@@ -1540,3 +1540,46 @@ fn pick_address(
     }
     Ok((subnet.id.clone(), addr))
 }
+
+impl State {
+    /// What networking resources a project still owns that block its deletion (networks,
+    /// ports, floating IPs), as "N network(s), …"; None when there are none.
+    pub(super) fn project_networking_in_use(&self, project_id: &str) -> Option<String> {
+        let networks = self
+            .net
+            .networks
+            .values()
+            .filter(|n| n.project_id == project_id)
+            .count();
+        let ports = self
+            .net
+            .ports
+            .values()
+            .filter(|p| p.project_id == project_id)
+            .count();
+        let fips = self
+            .net
+            .floating_ips
+            .values()
+            .filter(|f| f.project_id == project_id)
+            .count();
+        let parts: Vec<String> = [
+            (networks, "network(s)"),
+            (ports, "port(s)"),
+            (fips, "floating IP(s)"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    /// Drops a deleted project's security groups (its `default` one included) and their rules.
+    pub(super) fn forget_project_networking(&mut self, project_id: &str) {
+        self.net
+            .security_groups
+            .retain(|_, g| g.project_id != project_id);
+        self.net.rules.retain(|_, r| r.project_id != project_id);
+    }
+}

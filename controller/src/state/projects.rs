@@ -108,8 +108,15 @@ impl State {
                         found.name
                     )));
                 }
+                if let Some(what) = self.project_networking_in_use(&found.id) {
+                    return Err(Rejection::FailedPrecondition(format!(
+                        "project {:?} still owns {what}; delete them first",
+                        found.name
+                    )));
+                }
                 self.projects.remove(&found.id);
                 self.project_names.remove(&found.name);
+                self.forget_project_networking(&found.id);
                 self.forget_project_in_images(&found.id);
                 for flavor in self.flavors.values_mut() {
                     flavor.access_project_ids.remove(&found.id);

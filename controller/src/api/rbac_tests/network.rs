@@ -2,6 +2,7 @@
 //! IPAM, floating IP and security group behaviour a client sees.
 use flotilla_proto::v1 as pb;
 use pb::network_service_server::NetworkService;
+use pb::quota_service_server::QuotaService;
 use tonic::Code;
 
 use super::World;
@@ -262,5 +263,69 @@ async fn tenant_networking_through_the_service_is_scoped_and_allocates_each_addr
         .collect();
     names.sort();
     assert_eq!(names, ["default", "web"]);
+    w.cluster.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_port_creates_never_share_an_address_and_stop_at_the_pool_size() {
+    let w = World::start().await;
+    w.populate().await;
+    let member = w.login("member", "own").await.unwrap().token;
+    let n = &w.networks;
+    let r = w.admin(pb::SetQuotaRequest {
+        project: "own".into(),
+        ports: Some(-1),
+        ..Default::default()
+    });
+    w.quotas.set_quota(r).await.unwrap();
+    let r = w
+        .req(
+            Some(&member),
+            pb::CreateNetworkRequest {
+                name: "busy".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    n.create_network(r).await.unwrap();
+    // 10.8.0.0/28 without network, broadcast and gateway: 13 addresses.
+    let r = w
+        .req(
+            Some(&member),
+            pb::CreateSubnetRequest {
+                network: "busy".into(),
+                cidr: "10.8.0.0/28".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    n.create_subnet(r).await.unwrap();
+    let calls = (0..20).map(|i| {
+        let r = w
+            .req(
+                Some(&member),
+                pb::CreatePortRequest {
+                    request_id: format!("concurrent-{i}"),
+                    network: "busy".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        n.create_port(r)
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut addresses = std::collections::BTreeSet::new();
+    let mut exhausted = 0;
+    for r in results {
+        match r {
+            Ok(p) => {
+                let p = p.into_inner();
+                assert!(addresses.insert(p.fixed_ips[0].ip_address.clone()), "{p:?}");
+            }
+            Err(e) if e.code() == Code::ResourceExhausted => exhausted += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((addresses.len(), exhausted), (13, 7));
     w.cluster.shutdown();
 }
