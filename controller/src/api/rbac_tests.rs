@@ -299,6 +299,35 @@ enum Rpc {
     AddImageMember,
     RemoveImageMember,
     ListImageMembers,
+    /// CreateNetwork naming the owner project (admins only).
+    CreateNetworkForProject,
+    GetNetwork,
+    ListNetworks,
+    UpdateNetwork,
+    DeleteNetwork,
+    CreateSubnet,
+    GetSubnet,
+    ListSubnets,
+    UpdateSubnet,
+    DeleteSubnet,
+    GetPort,
+    ListPorts,
+    UpdatePort,
+    DeletePort,
+    GetFloatingIp,
+    ListFloatingIps,
+    UpdateFloatingIp,
+    DeleteFloatingIp,
+    AssociateFloatingIp,
+    DisassociateFloatingIp,
+    GetSecurityGroup,
+    ListSecurityGroups,
+    UpdateSecurityGroup,
+    DeleteSecurityGroup,
+    CreateSecurityGroupRule,
+    GetSecurityGroupRule,
+    ListSecurityGroupRules,
+    DeleteSecurityGroupRule,
 }
 
 impl World {
@@ -561,6 +590,36 @@ impl World {
             Rpc::GetQuota | Rpc::SetQuota | Rpc::GetDefaultQuota | Rpc::SetDefaultQuota => {
                 self.call_quota(rpc, token, project).await?;
             }
+            Rpc::CreateNetworkForProject
+            | Rpc::GetNetwork
+            | Rpc::ListNetworks
+            | Rpc::UpdateNetwork
+            | Rpc::DeleteNetwork
+            | Rpc::CreateSubnet
+            | Rpc::GetSubnet
+            | Rpc::ListSubnets
+            | Rpc::UpdateSubnet
+            | Rpc::DeleteSubnet
+            | Rpc::GetPort
+            | Rpc::ListPorts
+            | Rpc::UpdatePort
+            | Rpc::DeletePort
+            | Rpc::GetFloatingIp
+            | Rpc::ListFloatingIps
+            | Rpc::UpdateFloatingIp
+            | Rpc::DeleteFloatingIp
+            | Rpc::AssociateFloatingIp
+            | Rpc::DisassociateFloatingIp
+            | Rpc::GetSecurityGroup
+            | Rpc::ListSecurityGroups
+            | Rpc::UpdateSecurityGroup
+            | Rpc::DeleteSecurityGroup
+            | Rpc::CreateSecurityGroupRule
+            | Rpc::GetSecurityGroupRule
+            | Rpc::ListSecurityGroupRules
+            | Rpc::DeleteSecurityGroupRule => {
+                self.call_network(rpc, token, t).await?;
+            }
         }
         Ok(())
     }
@@ -587,6 +646,31 @@ fn rule(rpc: Rpc) -> (Rule, &'static [Target]) {
             (Rule::ImageWrite, BOTH)
         }
         PublishImage => (Rule::ImagePublish, BOTH),
+        // Networking resources of a project are hidden from other projects like images.
+        CreateNetworkForProject => (Rule::Admin, BOTH),
+        ListNetworks
+        | ListSubnets
+        | ListPorts
+        | ListFloatingIps
+        | ListSecurityGroups
+        | ListSecurityGroupRules => (Rule::Any, NONE),
+        GetNetwork | GetSubnet | GetPort | GetFloatingIp | GetSecurityGroup
+        | GetSecurityGroupRule => (Rule::ImageRead, BOTH),
+        UpdateNetwork
+        | DeleteNetwork
+        | CreateSubnet
+        | UpdateSubnet
+        | DeleteSubnet
+        | UpdatePort
+        | DeletePort
+        | UpdateFloatingIp
+        | DeleteFloatingIp
+        | AssociateFloatingIp
+        | DisassociateFloatingIp
+        | UpdateSecurityGroup
+        | DeleteSecurityGroup
+        | CreateSecurityGroupRule
+        | DeleteSecurityGroupRule => (Rule::ImageWrite, BOTH),
     }
 }
 
@@ -639,6 +723,34 @@ const ALL: &[Rpc] = &[
     Rpc::AddImageMember,
     Rpc::RemoveImageMember,
     Rpc::ListImageMembers,
+    Rpc::CreateNetworkForProject,
+    Rpc::GetNetwork,
+    Rpc::ListNetworks,
+    Rpc::UpdateNetwork,
+    Rpc::DeleteNetwork,
+    Rpc::CreateSubnet,
+    Rpc::GetSubnet,
+    Rpc::ListSubnets,
+    Rpc::UpdateSubnet,
+    Rpc::DeleteSubnet,
+    Rpc::GetPort,
+    Rpc::ListPorts,
+    Rpc::UpdatePort,
+    Rpc::DeletePort,
+    Rpc::GetFloatingIp,
+    Rpc::ListFloatingIps,
+    Rpc::UpdateFloatingIp,
+    Rpc::DeleteFloatingIp,
+    Rpc::AssociateFloatingIp,
+    Rpc::DisassociateFloatingIp,
+    Rpc::GetSecurityGroup,
+    Rpc::ListSecurityGroups,
+    Rpc::UpdateSecurityGroup,
+    Rpc::DeleteSecurityGroup,
+    Rpc::CreateSecurityGroupRule,
+    Rpc::GetSecurityGroupRule,
+    Rpc::ListSecurityGroupRules,
+    Rpc::DeleteSecurityGroupRule,
 ];
 
 /// Calls whose allowed form is deliberately invalid (see [`World::call`]).

@@ -3,9 +3,362 @@
 use flotilla_proto::v1 as pb;
 use pb::network_service_server::NetworkService;
 use pb::quota_service_server::QuotaService;
-use tonic::Code;
+use tonic::{Code, Status};
 
-use super::World;
+use super::{Rpc, Target, World};
+
+impl World {
+    /// A network of `project` created by the admin; returns its id.
+    async fn admin_network(&self, project: &str, external: bool) -> String {
+        let r = self.admin(pb::CreateNetworkRequest {
+            project: project.into(),
+            name: self.fresh("net"),
+            network_type: if external {
+                pb::NetworkType::Flat as i32
+            } else {
+                pb::NetworkType::Unspecified as i32
+            },
+            physical_network: if external {
+                self.fresh("physnet")
+            } else {
+                String::new()
+            },
+            external,
+            ..Default::default()
+        });
+        self.networks
+            .create_network(r)
+            .await
+            .unwrap()
+            .into_inner()
+            .id
+    }
+
+    async fn admin_subnet(&self, network: &str, cidr: &str) -> String {
+        let r = self.admin(pb::CreateSubnetRequest {
+            network: network.into(),
+            cidr: cidr.into(),
+            ..Default::default()
+        });
+        self.networks
+            .create_subnet(r)
+            .await
+            .unwrap()
+            .into_inner()
+            .id
+    }
+
+    /// A token of a fresh member of `project`, scoped to it (setup of per-project resources).
+    async fn scoped_member(&self, project: &str) -> String {
+        let name = self.fresh("netops");
+        self.user(&name, &[(project, "member")]).await;
+        self.login(&name, project).await.unwrap().token
+    }
+
+    /// A port of `project` (on a new network with a subnet); returns its id.
+    async fn port_in(&self, project: &str, token: &str) -> String {
+        let net = self.admin_network(project, false).await;
+        self.admin_subnet(&net, "10.0.0.0/24").await;
+        let r = self
+            .req(
+                Some(token),
+                pb::CreatePortRequest {
+                    network: net,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        self.networks.create_port(r).await.unwrap().into_inner().id
+    }
+
+    async fn group_in(&self, token: &str) -> String {
+        let r = self
+            .req(
+                Some(token),
+                pb::CreateSecurityGroupRequest {
+                    name: self.fresh("sg"),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let g = self.networks.create_security_group(r).await.unwrap();
+        g.into_inner().id
+    }
+
+    async fn floating_ip_in(&self, token: &str) -> String {
+        let ext = self.admin_network("other", true).await;
+        self.admin_subnet(&ext, "203.0.113.0/24").await;
+        let r = self
+            .req(
+                Some(token),
+                pb::CreateFloatingIpRequest {
+                    floating_network: ext,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        self.networks
+            .create_floating_ip(r)
+            .await
+            .unwrap()
+            .into_inner()
+            .id
+    }
+
+    pub(super) async fn call_network(
+        &self,
+        rpc: Rpc,
+        token: Option<&str>,
+        t: Target,
+    ) -> Result<(), Status> {
+        let project = t.name();
+        let n = &self.networks;
+        // Rows create many resources: no quota gets in the way.
+        for p in ["own", "other"] {
+            let r = self.admin(pb::SetQuotaRequest {
+                project: p.into(),
+                networks: Some(-1),
+                ports: Some(-1),
+                floating_ips: Some(-1),
+                ..Default::default()
+            });
+            self.quotas.set_quota(r).await.unwrap();
+        }
+        match rpc {
+            Rpc::CreateNetworkForProject => {
+                let r = pb::CreateNetworkRequest {
+                    project: project.into(),
+                    name: self.fresh("net"),
+                    ..Default::default()
+                };
+                n.create_network(self.req(token, r)?).await?;
+            }
+            Rpc::GetNetwork => {
+                let network = self.admin_network(project, false).await;
+                let r = pb::GetNetworkRequest {
+                    network,
+                    stale: false,
+                };
+                n.get_network(self.req(token, r)?).await?;
+            }
+            Rpc::UpdateNetwork => {
+                let network = self.admin_network(project, false).await;
+                let r = pb::UpdateNetworkRequest {
+                    network,
+                    description: Some("changed".into()),
+                    ..Default::default()
+                };
+                n.update_network(self.req(token, r)?).await?;
+            }
+            Rpc::DeleteNetwork => {
+                let network = self.admin_network(project, false).await;
+                let r = pb::DeleteNetworkRequest {
+                    network,
+                    ..Default::default()
+                };
+                n.delete_network(self.req(token, r)?).await?;
+            }
+            Rpc::CreateSubnet => {
+                let network = self.admin_network(project, false).await;
+                let r = pb::CreateSubnetRequest {
+                    network,
+                    cidr: "10.1.0.0/24".into(),
+                    ..Default::default()
+                };
+                n.create_subnet(self.req(token, r)?).await?;
+            }
+            Rpc::GetSubnet | Rpc::UpdateSubnet | Rpc::DeleteSubnet => {
+                let network = self.admin_network(project, false).await;
+                let subnet = self.admin_subnet(&network, "10.2.0.0/24").await;
+                match rpc {
+                    Rpc::GetSubnet => {
+                        let r = pb::GetSubnetRequest {
+                            subnet,
+                            stale: false,
+                        };
+                        n.get_subnet(self.req(token, r)?).await?;
+                    }
+                    Rpc::UpdateSubnet => {
+                        let r = pb::UpdateSubnetRequest {
+                            subnet,
+                            enable_dhcp: Some(false),
+                            ..Default::default()
+                        };
+                        n.update_subnet(self.req(token, r)?).await?;
+                    }
+                    _ => {
+                        let r = pb::DeleteSubnetRequest {
+                            subnet,
+                            ..Default::default()
+                        };
+                        n.delete_subnet(self.req(token, r)?).await?;
+                    }
+                }
+            }
+            Rpc::ListNetworks => {
+                let r = pb::ListNetworksRequest::default();
+                n.list_networks(self.req(token, r)?).await?;
+            }
+            Rpc::ListSubnets => {
+                let r = pb::ListSubnetsRequest::default();
+                n.list_subnets(self.req(token, r)?).await?;
+            }
+            Rpc::ListPorts => {
+                let r = pb::ListPortsRequest::default();
+                n.list_ports(self.req(token, r)?).await?;
+            }
+            Rpc::ListFloatingIps => {
+                let r = pb::ListFloatingIpsRequest::default();
+                n.list_floating_ips(self.req(token, r)?).await?;
+            }
+            Rpc::ListSecurityGroups => {
+                let r = pb::ListSecurityGroupsRequest::default();
+                n.list_security_groups(self.req(token, r)?).await?;
+            }
+            Rpc::ListSecurityGroupRules => {
+                let r = pb::ListSecurityGroupRulesRequest::default();
+                n.list_security_group_rules(self.req(token, r)?).await?;
+            }
+            Rpc::GetPort | Rpc::UpdatePort | Rpc::DeletePort => {
+                let setup = self.scoped_member(project).await;
+                let port = self.port_in(project, &setup).await;
+                match rpc {
+                    Rpc::GetPort => {
+                        let r = pb::GetPortRequest { port, stale: false };
+                        n.get_port(self.req(token, r)?).await?;
+                    }
+                    Rpc::UpdatePort => {
+                        let r = pb::UpdatePortRequest {
+                            port,
+                            name: Some(self.fresh("nic")),
+                            ..Default::default()
+                        };
+                        n.update_port(self.req(token, r)?).await?;
+                    }
+                    _ => {
+                        let r = pb::DeletePortRequest {
+                            port,
+                            ..Default::default()
+                        };
+                        n.delete_port(self.req(token, r)?).await?;
+                    }
+                }
+            }
+            Rpc::GetFloatingIp
+            | Rpc::UpdateFloatingIp
+            | Rpc::DeleteFloatingIp
+            | Rpc::AssociateFloatingIp
+            | Rpc::DisassociateFloatingIp => {
+                let setup = self.scoped_member(project).await;
+                let floating_ip = self.floating_ip_in(&setup).await;
+                match rpc {
+                    Rpc::GetFloatingIp => {
+                        let r = pb::GetFloatingIpRequest {
+                            floating_ip,
+                            stale: false,
+                        };
+                        n.get_floating_ip(self.req(token, r)?).await?;
+                    }
+                    Rpc::UpdateFloatingIp => {
+                        let r = pb::UpdateFloatingIpRequest {
+                            floating_ip,
+                            description: Some("changed".into()),
+                            ..Default::default()
+                        };
+                        n.update_floating_ip(self.req(token, r)?).await?;
+                    }
+                    Rpc::DeleteFloatingIp => {
+                        let r = pb::DeleteFloatingIpRequest {
+                            floating_ip,
+                            ..Default::default()
+                        };
+                        n.delete_floating_ip(self.req(token, r)?).await?;
+                    }
+                    Rpc::AssociateFloatingIp => {
+                        let port = self.port_in(project, &setup).await;
+                        let r = pb::AssociateFloatingIpRequest {
+                            floating_ip,
+                            port,
+                            ..Default::default()
+                        };
+                        n.associate_floating_ip(self.req(token, r)?).await?;
+                    }
+                    _ => {
+                        let r = pb::DisassociateFloatingIpRequest {
+                            floating_ip,
+                            ..Default::default()
+                        };
+                        n.disassociate_floating_ip(self.req(token, r)?).await?;
+                    }
+                }
+            }
+            Rpc::GetSecurityGroup
+            | Rpc::UpdateSecurityGroup
+            | Rpc::DeleteSecurityGroup
+            | Rpc::CreateSecurityGroupRule
+            | Rpc::GetSecurityGroupRule
+            | Rpc::DeleteSecurityGroupRule => {
+                let setup = self.scoped_member(project).await;
+                let security_group = self.group_in(&setup).await;
+                let first_rule = || {
+                    let state = self.networks.0.node.state();
+                    let id = state.rules_of(&security_group).next().unwrap().id.clone();
+                    id
+                };
+                match rpc {
+                    Rpc::GetSecurityGroup => {
+                        let r = pb::GetSecurityGroupRequest {
+                            security_group,
+                            stale: false,
+                        };
+                        n.get_security_group(self.req(token, r)?).await?;
+                    }
+                    Rpc::UpdateSecurityGroup => {
+                        let r = pb::UpdateSecurityGroupRequest {
+                            security_group,
+                            description: Some("changed".into()),
+                            ..Default::default()
+                        };
+                        n.update_security_group(self.req(token, r)?).await?;
+                    }
+                    Rpc::DeleteSecurityGroup => {
+                        let r = pb::DeleteSecurityGroupRequest {
+                            security_group,
+                            ..Default::default()
+                        };
+                        n.delete_security_group(self.req(token, r)?).await?;
+                    }
+                    Rpc::CreateSecurityGroupRule => {
+                        let r = pb::CreateSecurityGroupRuleRequest {
+                            security_group,
+                            direction: pb::SecurityGroupRuleDirection::Ingress as i32,
+                            protocol: "tcp".into(),
+                            port_range_min: Some(22),
+                            ..Default::default()
+                        };
+                        n.create_security_group_rule(self.req(token, r)?).await?;
+                    }
+                    Rpc::GetSecurityGroupRule => {
+                        let r = pb::GetSecurityGroupRuleRequest {
+                            rule: first_rule(),
+                            stale: false,
+                        };
+                        n.get_security_group_rule(self.req(token, r)?).await?;
+                    }
+                    _ => {
+                        let r = pb::DeleteSecurityGroupRuleRequest {
+                            rule: first_rule(),
+                            ..Default::default()
+                        };
+                        n.delete_security_group_rule(self.req(token, r)?).await?;
+                    }
+                }
+            }
+            other => unreachable!("{other:?} is not a network RPC"),
+        }
+        Ok(())
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_networking_through_the_service_is_scoped_and_allocates_each_address_once() {
