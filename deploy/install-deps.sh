@@ -6,8 +6,8 @@
 #
 # Idempotent: packages already installed are left alone, and apt is not touched at all when
 # nothing is missing (so it also succeeds without root then). Installing needs root. Services
-# that packages would start on install (libvirtd, virtlogd, etcd) are not started: tests and
-# benchmarks run their own.
+# that packages would start on install (libvirtd, virtlogd, ovsdb-server and ovs-vswitchd, etcd)
+# are not started: tests and benchmarks run their own.
 #
 # QEMU and libvirt: Debian 12's qemu-system is 7.2, and some images ship qemu-utils 10.x from
 # backports, which conflicts with it. qemu-utils, qemu-system-common and qemu-block-extra are
@@ -41,7 +41,11 @@ packages=(build-essential pkg-config ca-certificates curl
     qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev cpio xz-utils zstd
     # xmllint, which virt-xml-validate needs to check rendered domain XML against libvirt's
     # schema (agent/tests/render_libvirt.rs).
-    libxml2-utils)
+    libxml2-utils
+    # Tenant networking: Open vSwitch (userspace datapath; the agent's OVS driver and its real
+    # test, agent/tests/ovs_real.rs, start their own ovsdb-server and ovs-vswitchd) and nftables
+    # (floating-IP NAT and security groups).
+    openvswitch-switch nftables)
 # Installed at exactly the version apt offers for qemu-system-common (see above).
 pinned=(qemu-utils qemu-system-common qemu-block-extra)
 if ((bench)); then

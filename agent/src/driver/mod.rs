@@ -5,6 +5,9 @@
 //!   [`fake::FakeHypervisor`]).
 //! - [`disks::Disks`]: the base-image cache and per-server qcow2 overlays through `qemu-img`
 //!   ([`disks::QemuImgDisks`], fake [`disks_fake::FakeDisks`]).
+//! - [`ovs::VSwitch`]: Open vSwitch bridges, ports, VXLAN tunnels and flows through `ovs-vsctl`
+//!   and `ovs-ofctl` ([`ovs::OvsVsctl`], fake [`ovs_fake::FakeVSwitch`]; suite
+//!   [`conformance_ovs`]).
 //!
 //! The traits are synchronous: libvirt and qemu-img calls block. The agent (tokio) calls them
 //! through `spawn_blocking`, with the driver behind an `Arc<dyn Hypervisor>` / `Arc<dyn Disks>`.
@@ -22,12 +25,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod conformance;
+pub mod conformance_ovs;
 pub mod disks;
 pub mod disks_fake;
 pub mod disks_qemu;
 pub mod domain_xml;
 pub mod fake;
 pub mod libvirt;
+pub mod ovs;
+pub mod ovs_fake;
+mod ovs_vsctl;
 mod process;
 
 pub use domain_xml::ServerMeta;

@@ -1,0 +1,394 @@
+//! The VSwitch conformance suite against a real Open vSwitch: this test's own ovsdb-server and
+//! ovs-vswitchd (userspace datapath) in a temp directory, plus what only the real driver can
+//! show. Needs root and openvswitch-switch (deploy/install-deps.sh); skips, saying why,
+//! otherwise.
+//!
+//! Bridges and internal ports of the netdev datapath are tap devices that outlive
+//! ovs-vswitchd, so ovs-vswitchd runs in its own network namespace (`unshare --net`; the
+//! drivers reach it through unix sockets, which namespaces do not separate), and the daemons'
+//! guard still deletes every bridge before it stops both daemons by pid.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flotilla_agent::driver::conformance_ovs::{run_ovs_suite, OvsFixture};
+use flotilla_agent::driver::ovs::{
+    BridgeSpec, FailMode, Mac, OvsConfig, OvsError, OvsVsctl, PortKind, PortSpec, VSwitch, VlanTag,
+};
+use flotilla_agent::testbed::find_tool;
+
+const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+const TOOLS: &[&str] = &[
+    "unshare",
+    "nsenter",
+    "ip",
+    "ovsdb-tool",
+    "ovsdb-server",
+    "ovs-vswitchd",
+    "ovs-vsctl",
+    "ovs-ofctl",
+];
+
+/// Why a private OVS cannot run here, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1));
+    if uid != Some("0") {
+        return Some("not root (ovs-vswitchd's netdev bridges are tap devices)".into());
+    }
+    for tool in TOOLS {
+        if find_tool(tool).is_none() {
+            return Some(format!(
+                "{tool} is not installed (run deploy/install-deps.sh as root)"
+            ));
+        }
+    }
+    if !Path::new(SCHEMA).is_file() {
+        return Some(format!("{SCHEMA} is missing (openvswitch-common)"));
+    }
+    None
+}
+
+fn tool(name: &str) -> PathBuf {
+    find_tool(name).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Runs a tool to completion, panicking with its stderr on failure.
+fn run(name: &str, args: &[&str], env_rundir: &Path) {
+    let out = Command::new(tool(name))
+        .args(args)
+        .env("OVS_RUNDIR", env_rundir)
+        .env("OVS_DBDIR", env_rundir)
+        .env("OVS_LOGDIR", env_rundir)
+        .output()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `f` until it returns true, panicking with `what` after `timeout`.
+fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Our ovsdb-server and ovs-vswitchd; on drop, every bridge is deleted and both are stopped by
+/// pid.
+struct OvsDaemons {
+    dir: PathBuf,
+}
+
+impl OvsDaemons {
+    fn start(dir: &Path) -> OvsDaemons {
+        let started = Instant::now();
+        let p = |f: &str| dir.join(f).display().to_string();
+        run("ovsdb-tool", &["create", &p("conf.db"), SCHEMA], dir);
+        let daemons = OvsDaemons {
+            dir: dir.to_path_buf(),
+        };
+        run(
+            "ovsdb-server",
+            &[
+                &p("conf.db"),
+                &format!("--remote=punix:{}", p("db.sock")),
+                &format!("--pidfile={}", p("ovsdb-server.pid")),
+                &format!("--unixctl={}", p("ovsdb-server.ctl")),
+                &format!("--log-file={}", p("ovsdb-server.log")),
+                "--detach",
+            ],
+            dir,
+        );
+        wait_until(Duration::from_secs(10), "ovsdb-server's socket", || {
+            dir.join("db.sock").exists()
+        });
+        run(
+            "ovs-vsctl",
+            &[&format!("--db=unix:{}", p("db.sock")), "--no-wait", "init"],
+            dir,
+        );
+        // In its own network namespace: the netdev datapath makes a tap device named
+        // `ovs-netdev`, one per namespace, so two instances (parallel tests, another run)
+        // cannot share one; and the taps vanish with the namespace even after a crash.
+        run(
+            "unshare",
+            &[
+                "--net",
+                "--",
+                &tool("ovs-vswitchd").display().to_string(),
+                &format!("unix:{}", p("db.sock")),
+                &format!("--pidfile={}", p("ovs-vswitchd.pid")),
+                &format!("--unixctl={}", p("ovs-vswitchd.ctl")),
+                &format!("--log-file={}", p("ovs-vswitchd.log")),
+                "--detach",
+            ],
+            dir,
+        );
+        wait_until(Duration::from_secs(10), "ovs-vswitchd's pid file", || {
+            read_pid(&dir.join("ovs-vswitchd.pid")).is_some_and(alive)
+        });
+        eprintln!(
+            "timing: ovsdb-server + ovs-vswitchd up in {:.2?}",
+            started.elapsed()
+        );
+        daemons
+    }
+
+    fn config(&self) -> OvsConfig {
+        OvsConfig::with_rundir(&self.dir)
+    }
+
+    /// Network devices in ovs-vswitchd's namespace whose names start with `prefix`.
+    fn devices(&self, prefix: &str) -> Vec<String> {
+        let pid = read_pid(&self.dir.join("ovs-vswitchd.pid")).expect("ovs-vswitchd's pid");
+        let out = Command::new(tool("nsenter"))
+            .args([
+                "--target",
+                &pid.to_string(),
+                "--net",
+                "ip",
+                "-o",
+                "link",
+                "show",
+            ])
+            .output()
+            .expect("nsenter");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn logs(&self) -> String {
+        let read = |f: &str| fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        format!(
+            "--- ovs-vswitchd.log\n{}\n--- ovsdb-server.log\n{}",
+            read("ovs-vswitchd.log"),
+            read("ovsdb-server.log")
+        )
+    }
+
+    fn stop(&self, daemon: &str) {
+        let Some(pid) = read_pid(&self.dir.join(format!("{daemon}.pid"))) else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) {
+            if Instant::now() >= deadline {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OvsDaemons {
+    fn drop(&mut self) {
+        // Userspace tap devices outlive ovs-vswitchd: delete the bridges while it runs.
+        if let Ok(vs) = OvsVsctl::new(self.config()) {
+            for b in vs.list_bridges().unwrap_or_default() {
+                if let Err(e) = vs.delete_bridge(&b.name) {
+                    eprintln!("could not delete bridge {}: {e}", b.name);
+                }
+            }
+        }
+        self.stop("ovs-vswitchd");
+        self.stop("ovsdb-server");
+    }
+}
+
+/// Network devices whose names start with `prefix`.
+fn devices_with_prefix(prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn prefix() -> String {
+    format!("o{}", std::process::id() % 100_000)
+}
+
+#[test]
+fn real_ovs_passes_the_conformance_suite_and_leaves_no_devices() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let prefix = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ovs = OvsDaemons::start(dir.path());
+        let vs = OvsVsctl::new(ovs.config()).unwrap();
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_ovs_suite(&OvsFixture {
+                vswitch: &vs,
+                prefix: prefix.clone(),
+            })
+        }));
+        if let Err(panic) = result {
+            eprintln!("{}", ovs.logs());
+            std::panic::resume_unwind(panic);
+        }
+        eprintln!("timing: OVS conformance suite {:.2?}", started.elapsed());
+        assert!(
+            vs.list_bridges().unwrap().is_empty(),
+            "the suite cleaned up"
+        );
+        assert_eq!(
+            ovs.devices(&prefix),
+            Vec::<String>::new(),
+            "deleted bridges leave no tap devices"
+        );
+    }
+    assert_eq!(
+        devices_with_prefix(&prefix),
+        Vec::<String>::new(),
+        "devices left behind"
+    );
+}
+
+#[test]
+fn a_libvirt_style_port_without_its_tap_yet_is_recorded() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let prefix = format!("{}l", prefix());
+    let dir = tempfile::tempdir().unwrap();
+    let ovs = OvsDaemons::start(dir.path());
+    let vs = OvsVsctl::new(ovs.config()).unwrap();
+    let br = format!("{prefix}int");
+    vs.ensure_bridge(&BridgeSpec::new(&br, FailMode::Secure))
+        .unwrap();
+    assert_eq!(
+        ovs.devices(&prefix),
+        vec![br.clone()],
+        "a netdev bridge is a tap"
+    );
+    // libvirt creates the tap and the port itself; the agent may repair the port before the
+    // guest starts, when the device does not exist yet.
+    let mac: Mac = "fa:16:3e:12:34:56".parse().unwrap();
+    let spec = PortSpec::vif(
+        &format!("{prefix}tap"),
+        PortKind::System,
+        "6f1d3f5e-0f6a-4c43-9a36-2d2f7c1e8b10",
+        mac,
+        VlanTag::new(12).unwrap(),
+    );
+    let started = Instant::now();
+    vs.ensure_port(&br, &spec).unwrap();
+    vs.ensure_port(&br, &spec).unwrap();
+    eprintln!("timing: two ensure_port {:.2?}", started.elapsed());
+    let ports = vs.list_ports(&br).unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].ovs_type, "");
+    assert_eq!(ports[0].ofport, None, "no device, no OpenFlow port");
+    assert_eq!(ports[0].external_ids, spec.external_ids);
+    assert_eq!(ports[0].tag, spec.tag);
+    drop(ovs);
+    assert_eq!(devices_with_prefix(&prefix), Vec::<String>::new());
+}
+
+#[test]
+fn without_a_running_ovsdb_server_calls_fail_promptly() {
+    if find_tool("ovs-vsctl").is_none() || find_tool("ovs-ofctl").is_none() {
+        eprintln!("SKIP: openvswitch-switch is not installed (run deploy/install-deps.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = OvsConfig::with_rundir(dir.path());
+    config.timeout = Duration::from_secs(2);
+    let vs = OvsVsctl::new(config).unwrap();
+    let started = Instant::now();
+    let e = vs.list_bridges().unwrap_err();
+    assert!(
+        matches!(e, OvsError::Failed { .. } | OvsError::Timeout { .. }),
+        "{e:?}"
+    );
+    let e = vs
+        .list_flows("br-int", flotilla_agent::driver::ovs::CookieMatch::exact(1))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OvsError::Failed { .. } | OvsError::Timeout { .. } | OvsError::NoSuchBridge { .. }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    eprintln!("timing: two failing calls {:.2?}", started.elapsed());
+}
+
+#[test]
+fn a_missing_binary_is_named() {
+    let mut config = OvsConfig::with_rundir(Path::new("/nonexistent"));
+    config.ovs_vsctl = PathBuf::from("/nonexistent/ovs-vsctl");
+    let vs = OvsVsctl::new(config).unwrap();
+    match vs.list_bridges() {
+        Err(e @ OvsError::Missing { .. }) => {
+            assert!(e.to_string().contains("/nonexistent/ovs-vsctl"), "{e}")
+        }
+        other => panic!("expected Missing, got {other:?}"),
+    }
+    let config = OvsConfig {
+        datapath_type: "dpdk".into(),
+        ..OvsConfig::default()
+    };
+    assert!(matches!(
+        OvsVsctl::new(config),
+        Err(OvsError::Invalid { .. })
+    ));
+}
