@@ -130,6 +130,25 @@ pub struct ControllerConfig {
     pub images: ImageSettings,
     #[serde(default)]
     pub compute: ComputeSettings,
+    #[serde(default)]
+    pub network: NetworkSettings,
+}
+
+/// Tenant networking.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSettings {
+    /// The VXLAN VNIs tenant networks get (inclusive; the lowest free one is taken). Every
+    /// controller should use the same range: the leader's applies to what it proposes.
+    pub vni_min: u32,
+    pub vni_max: u32,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        let (vni_min, vni_max) = crate::state::DEFAULT_VNI_RANGE;
+        NetworkSettings { vni_min, vni_max }
+    }
 }
 
 /// Hosts and scheduling.
@@ -206,6 +225,7 @@ pub struct ValidConfig {
     pub raft: RaftTuning,
     pub images: ImageSettings,
     pub compute: ComputeSettings,
+    pub network: NetworkSettings,
 }
 
 /// The first line of a secret file (token, password), without its line ending.
@@ -318,6 +338,13 @@ impl ControllerConfig {
                 "images: max_image_gib and maintenance_interval_secs must be positive".into(),
             );
         }
+        let n = &self.network;
+        if n.vni_min == 0 || n.vni_min > n.vni_max || n.vni_max > crate::state::MAX_VNI {
+            return bad(format!(
+                "network: need 1 <= vni_min <= vni_max <= {}",
+                crate::state::MAX_VNI
+            ));
+        }
         if let Some(tls) = &self.tls {
             for (what, p) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
                 if !p.is_file() {
@@ -341,6 +368,7 @@ impl ControllerConfig {
             raft: self.raft,
             images: self.images,
             compute: self.compute,
+            network: self.network,
         })
     }
 }
@@ -389,6 +417,31 @@ mod tests {
             matches!(err, ConfigError::Read { ref path, .. } if *path == file),
             "a named password file must be readable: {err}"
         );
+    }
+
+    #[test]
+    fn the_vni_range_defaults_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Some("long-enough-pw".to_owned());
+        let c = config(dir.path(), "").validate_with(env.clone()).unwrap();
+        assert_eq!(
+            (c.network.vni_min, c.network.vni_max),
+            crate::state::DEFAULT_VNI_RANGE
+        );
+        let c = config(dir.path(), "[network]\nvni_min = 1000\nvni_max = 1999")
+            .validate_with(env.clone())
+            .unwrap();
+        assert_eq!((c.network.vni_min, c.network.vni_max), (1000, 1999));
+        for bad in [
+            "vni_min = 0",
+            "vni_min = 10\nvni_max = 9",
+            "vni_max = 16777216",
+        ] {
+            let err = config(dir.path(), &format!("[network]\n{bad}"))
+                .validate_with(env.clone())
+                .unwrap_err();
+            assert!(err.to_string().contains("vni_min"), "{bad}: {err}");
+        }
     }
 
     #[test]

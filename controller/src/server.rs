@@ -236,7 +236,13 @@ pub async fn run(config: ValidConfig) -> anyhow::Result<()> {
             ServerGroupServiceServer,
             ServerGroupApi(api.clone())
         ))
-        .add_service(authed!(NetworkServiceServer, NetworkApi(api.clone())));
+        .add_service(authed!(
+            NetworkServiceServer,
+            NetworkApi {
+                api: api.clone(),
+                vni_range: (config.network.vni_min, config.network.vni_max),
+            }
+        ));
 
     let status_node = node.clone();
     let raft_server = RaftServer {

@@ -16,10 +16,14 @@ use crate::state::{
     Command, Direction, Ethertype, FixedIp, FloatingIp, GatewaySpec, HostRoute, NetCommand,
     NetOutcome, Network, NetworkSpec, NetworkType, Outcome, Port, PortSpec, Project, RuleSpec,
     SecurityGroup, SecurityGroupRule, State, Subnet, SubnetSpec, DEFAULT_GROUP_IDS,
-    DEFAULT_VNI_RANGE, NEW_GROUP_RULE_IDS,
+    NEW_GROUP_RULE_IDS,
 };
 
-pub struct NetworkApi(pub Api);
+pub struct NetworkApi {
+    pub api: Api,
+    /// Inclusive range tenant VNIs come from (this controller's configuration).
+    pub vni_range: (u32, u32),
+}
 
 fn token_project(p: &Principal) -> String {
     p.token
@@ -427,7 +431,7 @@ impl NetworkApi {
         c: NetCommand,
     ) -> Result<NetOutcome, Status> {
         net_outcome(
-            self.0
+            self.api
                 .propose(request_id, actor, Command::Networking(c))
                 .await?,
         )
@@ -435,27 +439,27 @@ impl NetworkApi {
 
     /// A retry answers with the resource as it is now.
     fn network_now(&self, n: Network) -> pb::Network {
-        let state = self.0.node.state();
+        let state = self.api.node.state();
         network(state.network(&n.id).unwrap_or(&n))
     }
 
     fn subnet_now(&self, s: Subnet) -> pb::Subnet {
-        let state = self.0.node.state();
+        let state = self.api.node.state();
         subnet(state.subnet(&s.id).unwrap_or(&s))
     }
 
     fn port_now(&self, p: Port) -> pb::Port {
-        let state = self.0.node.state();
+        let state = self.api.node.state();
         port(state.port(&p.id).unwrap_or(&p))
     }
 
     fn floating_ip_now(&self, f: FloatingIp) -> pb::FloatingIp {
-        let state = self.0.node.state();
+        let state = self.api.node.state();
         floating_ip(&state, state.floating_ip(&f.id).unwrap_or(&f))
     }
 
     fn group_now(&self, g: SecurityGroup) -> pb::SecurityGroup {
-        let state = self.0.node.state();
+        let state = self.api.node.state();
         security_group(&state, state.security_group(&g.id).unwrap_or(&g))
     }
 
@@ -502,7 +506,7 @@ impl NetworkService for NetworkApi {
             admin_only(&p, "a shared network")?;
         }
         let project_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let project = if r.project.is_empty() {
                 own_project(&state, &p)?
             } else {
@@ -524,7 +528,7 @@ impl NetworkService for NetworkApi {
             shared: r.shared,
             mtu: r.mtu,
             admin_state_up: r.admin_state_up.unwrap_or(true),
-            vni_range: DEFAULT_VNI_RANGE,
+            vni_range: self.vni_range,
         };
         match self
             .run(r.request_id, p.name, NetCommand::CreateNetwork(spec))
@@ -541,7 +545,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Network>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         Ok(Response::new(network(find_network(
             &state, &p, &r.network,
         )?)))
@@ -553,7 +557,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::ListNetworksResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         let scope = list_scope(&state, &p, r.all_projects, &r.project)?;
         let explicit = !r.project.is_empty();
         let (page, next) = paginate(
@@ -590,7 +594,7 @@ impl NetworkService for NetworkApi {
             admin_only(&p, "changing whether a network is external")?;
         }
         let network_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let n = find_network(&state, &p, &r.network)?;
             may_write(&state, &p, &n.project_id)?;
             n.id.clone()
@@ -617,12 +621,12 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let network_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let n = find_network(&state, &p, &r.network)?;
             may_write(&state, &p, &n.project_id)?;
             n.id.clone()
         };
-        self.0
+        self.api
             .propose(
                 r.request_id,
                 p.name,
@@ -640,7 +644,7 @@ impl NetworkService for NetworkApi {
         let r = req.into_inner();
         required("cidr", &r.cidr)?;
         let network_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let n = find_network(&state, &p, &r.network)?;
             may_write(&state, &p, &n.project_id)?;
             n.id.clone()
@@ -687,7 +691,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Subnet>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         Ok(Response::new(subnet(find_subnet(&state, &p, &r.subnet)?)))
     }
 
@@ -697,7 +701,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::ListSubnetsResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         let scope = list_scope(&state, &p, r.all_projects, &r.project)?;
         let network_id = if r.network.is_empty() {
             None
@@ -728,7 +732,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let subnet_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let s = find_subnet(&state, &p, &r.subnet)?;
             may_write(&state, &p, &s.project_id)?;
             s.id.clone()
@@ -755,12 +759,12 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let subnet_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let s = find_subnet(&state, &p, &r.subnet)?;
             may_write(&state, &p, &s.project_id)?;
             s.id.clone()
         };
-        self.0
+        self.api
             .propose(
                 r.request_id,
                 p.name,
@@ -777,7 +781,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let spec = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let project = own_project(&state, &p)?;
             allow(&p, Action::WriteProject, Some(project))?;
             let n = find_network(&state, &p, &r.network)?;
@@ -830,7 +834,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Port>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         Ok(Response::new(port(find_port(&state, &p, &r.port)?)))
     }
 
@@ -840,7 +844,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::ListPortsResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         let scope = list_scope(&state, &p, r.all_projects, &r.project)?;
         let network_id = if r.network.is_empty() {
             None
@@ -871,7 +875,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let (port_id, groups) = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let x = find_port(&state, &p, &r.port)?;
             may_write(&state, &p, &x.project_id)?;
             let groups = match r.security_groups {
@@ -901,12 +905,12 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let port_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let x = find_port(&state, &p, &r.port)?;
             may_write(&state, &p, &x.project_id)?;
             x.id.clone()
         };
-        self.0
+        self.api
             .propose(
                 r.request_id,
                 p.name,
@@ -926,7 +930,7 @@ impl NetworkService for NetworkApi {
             admin_only(&p, "choosing the floating address")?;
         }
         let cmd = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let project = own_project(&state, &p)?;
             allow(&p, Action::WriteProject, Some(project))?;
             let n = find_network(&state, &p, &r.floating_network)?;
@@ -955,7 +959,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::FloatingIp>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         let f = find_floating_ip(&state, &p, &r.floating_ip)?;
         Ok(Response::new(floating_ip(&state, f)))
     }
@@ -966,7 +970,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::ListFloatingIpsResponse>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         let scope = list_scope(&state, &p, r.all_projects, &r.project)?;
         let network_id = if r.floating_network.is_empty() {
             None
@@ -1001,7 +1005,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let floating_ip_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let f = find_floating_ip(&state, &p, &r.floating_ip)?;
             may_write(&state, &p, &f.project_id)?;
             f.id.clone()
@@ -1021,12 +1025,12 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let floating_ip_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let f = find_floating_ip(&state, &p, &r.floating_ip)?;
             may_write(&state, &p, &f.project_id)?;
             f.id.clone()
         };
-        self.0
+        self.api
             .propose(
                 r.request_id,
                 p.name,
@@ -1043,7 +1047,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let cmd = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let f = find_floating_ip(&state, &p, &r.floating_ip)?;
             may_write(&state, &p, &f.project_id)?;
             let x = find_port(&state, &p, &r.port)?;
@@ -1065,7 +1069,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let floating_ip_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let f = find_floating_ip(&state, &p, &r.floating_ip)?;
             may_write(&state, &p, &f.project_id)?;
             f.id.clone()
@@ -1082,7 +1086,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let project_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let project = own_project(&state, &p)?;
             allow(&p, Action::WriteProject, Some(project))?;
             project.id.clone()
@@ -1106,7 +1110,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::SecurityGroup>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         let g = find_group(&state, &p, &r.security_group)?;
         Ok(Response::new(security_group(&state, g)))
     }
@@ -1119,7 +1123,7 @@ impl NetworkService for NetworkApi {
         let r = req.into_inner();
         // As in Neutron, a member's first look creates the project's default group.
         let missing = {
-            let state = self.0.read(r.stale).await?;
+            let state = self.api.read(r.stale).await?;
             own_project(&state, &p).ok().and_then(|project| {
                 let writable = allow(&p, Action::WriteProject, Some(project)).is_ok();
                 (writable && state.default_group_of(&project.id).is_none())
@@ -1133,7 +1137,7 @@ impl NetworkService for NetworkApi {
             };
             self.run(String::new(), p.name.clone(), cmd).await?;
         }
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         let scope = list_scope(&state, &p, r.all_projects, &r.project)?;
         let (page, next) = paginate(
             state.security_groups_after(&r.page_token).filter(|g| {
@@ -1160,7 +1164,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let group_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let g = find_group(&state, &p, &r.security_group)?;
             may_write(&state, &p, &g.project_id)?;
             g.id.clone()
@@ -1183,12 +1187,12 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let group_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let g = find_group(&state, &p, &r.security_group)?;
             may_write(&state, &p, &g.project_id)?;
             g.id.clone()
         };
-        self.0
+        self.api
             .propose(
                 r.request_id,
                 p.name,
@@ -1219,7 +1223,7 @@ impl NetworkService for NetworkApi {
             }
         };
         let spec = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let g = find_group(&state, &p, &r.security_group)?;
             may_write(&state, &p, &g.project_id)?;
             let remote_group_id = if r.remote_group.is_empty() {
@@ -1260,7 +1264,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         required("rule", &r.rule)?;
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         let x = state
             .security_group_rule(&r.rule)
             .filter(|x| owned_visible(&p, &x.project_id))
@@ -1277,7 +1281,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let direction = direction_from_pb(r.direction)?;
-        let state = self.0.read(r.stale).await?;
+        let state = self.api.read(r.stale).await?;
         let group_id = if r.security_group.is_empty() {
             None
         } else {
@@ -1311,7 +1315,7 @@ impl NetworkService for NetworkApi {
         let r = req.into_inner();
         required("rule", &r.rule)?;
         let rule_id = {
-            let state = self.0.read(false).await?;
+            let state = self.api.read(false).await?;
             let x = state
                 .security_group_rule(&r.rule)
                 .filter(|x| owned_visible(&p, &x.project_id))
@@ -1321,7 +1325,7 @@ impl NetworkService for NetworkApi {
             may_write(&state, &p, &x.project_id)?;
             x.id.clone()
         };
-        self.0
+        self.api
             .propose(
                 r.request_id,
                 p.name,

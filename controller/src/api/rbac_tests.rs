@@ -80,7 +80,10 @@ impl World {
             clusters: ClusterApi(api.clone()),
             events: EventApi(api.clone()),
             quotas: QuotaApi(api.clone()),
-            networks: super::NetworkApi(api.clone()),
+            networks: super::NetworkApi {
+                api: api.clone(),
+                vni_range: crate::state::DEFAULT_VNI_RANGE,
+            },
             images: image::image_api(api, &blob_dir),
             counter: AtomicU32::new(0),
             _blob_dir: blob_dir,

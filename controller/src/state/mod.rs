@@ -48,7 +48,7 @@ pub use model::{
 };
 pub use networks::{
     normalize_mac, FixedIp, FloatingIp, GatewaySpec, HostRoute, NetCommand, NetOutcome, Network,
-    NetworkSpec, NetworkType, Port, PortSpec, Subnet, SubnetSpec, DEFAULT_VNI_RANGE,
+    NetworkSpec, NetworkType, Port, PortSpec, Subnet, SubnetSpec, DEFAULT_VNI_RANGE, MAX_VNI,
 };
 pub use operations::{ItemState, OpItem, OpState, Operation, Progress};
 pub use outcome::{Outcome, Rejection};

@@ -301,7 +301,7 @@ impl World {
                 let setup = self.scoped_member(project).await;
                 let security_group = self.group_in(&setup).await;
                 let first_rule = || {
-                    let state = self.networks.0.node.state();
+                    let state = self.networks.api.node.state();
                     let id = state.rules_of(&security_group).next().unwrap().id.clone();
                     id
                 };
