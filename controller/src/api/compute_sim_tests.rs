@@ -1119,7 +1119,10 @@ fn check_usage(state: &State) -> Result<(), String> {
     for p in PROJECTS {
         // Members of an anti-affinity group hold pairwise different hosts, counting the
         // destinations of their migrations under way.
-        let g = state.server_group_by_id(&format!("g-{p}")).expect("group");
+        // A replica still catching up may not have applied the group's creation yet.
+        let Some(g) = state.server_group_by_id(&format!("g-{p}")) else {
+            continue;
+        };
         let mut held: BTreeMap<&str, &str> = BTreeMap::new();
         for s in g.members.iter().filter_map(|id| state.server(id)) {
             let dest = s.migration.as_ref().map(|m| m.destination_host_id.as_str());
