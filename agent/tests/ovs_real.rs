@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_agent::driver::conformance_ovs::{run_ovs_suite, OvsFixture};
 use flotilla_agent::driver::ovs::{
-    BridgeSpec, FailMode, Mac, OvsConfig, OvsError, OvsVsctl, PortKind, PortSpec, VSwitch, VlanTag,
+    BridgeSpec, CookieMatch, FailMode, Flow, Mac, OvsConfig, OvsError, OvsVsctl, PortKind,
+    PortSpec, VSwitch, VlanTag,
 };
 use flotilla_agent::testbed::find_tool;
 
@@ -354,9 +355,7 @@ fn without_a_running_ovsdb_server_calls_fail_promptly() {
         matches!(e, OvsError::Failed { .. } | OvsError::Timeout { .. }),
         "{e:?}"
     );
-    let e = vs
-        .list_flows("br-int", flotilla_agent::driver::ovs::CookieMatch::exact(1))
-        .unwrap_err();
+    let e = vs.list_flows("br-int", CookieMatch::exact(1)).unwrap_err();
     assert!(
         matches!(
             e,
@@ -391,4 +390,55 @@ fn a_missing_binary_is_named() {
         OvsVsctl::new(config),
         Err(OvsError::Invalid { .. })
     ));
+}
+
+#[test]
+fn a_flow_batch_the_switch_rejects_changes_nothing() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let prefix = format!("{}b", prefix());
+    let dir = tempfile::tempdir().unwrap();
+    let ovs = OvsDaemons::start(dir.path());
+    let vs = OvsVsctl::new(ovs.config()).unwrap();
+    let br = format!("{prefix}int");
+    vs.ensure_bridge(&BridgeSpec::new(&br, FailMode::Secure))
+        .unwrap();
+    let ours = CookieMatch {
+        value: 0xf1 << 56,
+        mask: 0xff << 56,
+    };
+    let good = vec![
+        Flow::new(ours.value | 1, 0, 10, "in_port=1", "drop"),
+        Flow::new(ours.value | 2, 0, 20, "in_port=2", "drop"),
+    ];
+    let started = Instant::now();
+    vs.sync_flows(&br, ours, &good).unwrap();
+    eprintln!(
+        "timing: sync_flows of 2 new flows {:.2?}",
+        started.elapsed()
+    );
+    // Valid text that ovs-ofctl refuses (no such port): the whole bundle is rejected, so the
+    // deletions of the good flows and the addition before the bad one do not happen either.
+    let bad = vec![
+        Flow::new(ours.value | 3, 0, 30, "in_port=3", "drop"),
+        Flow::new(ours.value | 4, 0, 40, "in_port=4", "output:NOPE"),
+    ];
+    match vs.sync_flows(&br, ours, &bad) {
+        Err(OvsError::Failed { message, .. }) => assert!(message.contains("NOPE"), "{message}"),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert_eq!(vs.list_flows(&br, ours).unwrap(), good);
+    assert!(matches!(
+        vs.add_flows(&br, &bad),
+        Err(OvsError::Failed { .. })
+    ));
+    assert_eq!(vs.list_flows(&br, ours).unwrap(), good);
+    let started = Instant::now();
+    assert!(vs.sync_flows(&br, ours, &good).unwrap().is_noop());
+    eprintln!(
+        "timing: sync_flows without changes {:.2?}",
+        started.elapsed()
+    );
 }

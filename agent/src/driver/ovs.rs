@@ -420,38 +420,54 @@ pub trait VSwitch: Send + Sync {
         cookies: CookieMatch,
         desired: &[Flow],
     ) -> Result<FlowSync, OvsError> {
-        for f in desired {
-            if !cookies.matches(f.cookie) {
-                return Err(invalid(
-                    "flow cookie",
-                    format!("{:#x}", f.cookie),
-                    "must match the cookie mask being synced",
-                ));
-            }
-            check_flow(f)?;
-        }
+        check_desired_flows(cookies, desired)?;
         let actual = self.list_flows(bridge, cookies)?;
-        let want: BTreeMap<_, _> = desired.iter().map(|f| (f.key(), f)).collect();
-        let have: BTreeSet<&Flow> = actual.iter().collect();
-        let deleted: Vec<Flow> = actual
-            .iter()
-            .filter(|f| !want.contains_key(&f.key()))
-            .cloned()
-            .collect();
-        let mut added: Vec<Flow> = want
-            .values()
-            .filter(|f| !have.contains(**f))
-            .map(|f| (*f).clone())
-            .collect();
-        added.sort();
-        if !deleted.is_empty() {
-            self.delete_flows(bridge, &deleted)?;
+        let sync = plan_flow_sync(&actual, desired);
+        if !sync.deleted.is_empty() {
+            self.delete_flows(bridge, &sync.deleted)?;
         }
-        if !added.is_empty() {
-            self.add_flows(bridge, &added)?;
+        if !sync.added.is_empty() {
+            self.add_flows(bridge, &sync.added)?;
         }
-        Ok(FlowSync { added, deleted })
+        Ok(sync)
     }
+}
+
+/// Checks the flows [`VSwitch::sync_flows`] is given: valid, and all in the synced cookie
+/// space.
+pub fn check_desired_flows(cookies: CookieMatch, desired: &[Flow]) -> Result<(), OvsError> {
+    for f in desired {
+        if !cookies.matches(f.cookie) {
+            return Err(invalid(
+                "flow cookie",
+                format!("{:#x}", f.cookie),
+                "must match the cookie mask being synced",
+            ));
+        }
+        check_flow(f)?;
+    }
+    Ok(())
+}
+
+/// What turns `actual` into `desired` (pure): actual flows whose table/priority/match no
+/// desired flow has are deleted; desired flows not present exactly (same cookie and actions)
+/// are added, which replaces a flow with the same identity. Both lists sorted.
+pub fn plan_flow_sync(actual: &[Flow], desired: &[Flow]) -> FlowSync {
+    let want: BTreeMap<_, _> = desired.iter().map(|f| (f.key(), f)).collect();
+    let have: BTreeSet<&Flow> = actual.iter().collect();
+    let mut deleted: Vec<Flow> = actual
+        .iter()
+        .filter(|f| !want.contains_key(&f.key()))
+        .cloned()
+        .collect();
+    let mut added: Vec<Flow> = want
+        .values()
+        .filter(|f| !have.contains(**f))
+        .map(|f| (*f).clone())
+        .collect();
+    deleted.sort();
+    added.sort();
+    FlowSync { added, deleted }
 }
 
 /// Everything a [`VSwitch`] can fail with.

@@ -103,3 +103,24 @@ fn invalid_errors_say_what_and_why() {
         "VNI \"0\" is invalid: it must be 1..=16777215"
     );
 }
+
+#[test]
+fn flow_sync_plans_deletions_and_replacements_by_identity() {
+    let keep = Flow::new(1, 0, 10, "in_port=1", "drop");
+    let change_old = Flow::new(1, 0, 20, "in_port=2", "drop");
+    let change_new = Flow::new(2, 0, 20, "in_port=2", "output:1");
+    let gone = Flow::new(1, 5, 1, "", "drop");
+    let new = Flow::new(1, 6, 1, "", "drop");
+    let sync = plan_flow_sync(
+        &[gone.clone(), change_old, keep.clone()],
+        &[new.clone(), keep.clone(), change_new.clone()],
+    );
+    assert_eq!(
+        sync.deleted,
+        vec![gone],
+        "a replaced flow is not deleted first"
+    );
+    assert_eq!(sync.added, vec![change_new, new]);
+    let same = std::slice::from_ref(&keep);
+    assert!(plan_flow_sync(same, same).is_noop());
+}

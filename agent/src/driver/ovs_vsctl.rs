@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::ovs::{
-    check_bridge, check_flow, check_name, check_port, check_tunnel, invalid, managed_key,
-    parse_dump_flows, BridgeInfo, BridgeSpec, CookieMatch, FailMode, Flow, OvsError, PortInfo,
-    PortSpec, TunnelInfo, TunnelKey, TunnelSpec, VSwitch, VlanTag, Vni,
+    check_bridge, check_desired_flows, check_flow, check_name, check_port, check_tunnel, invalid,
+    managed_key, parse_dump_flows, plan_flow_sync, BridgeInfo, BridgeSpec, CookieMatch, FailMode,
+    Flow, FlowSync, OvsError, PortInfo, PortSpec, TunnelInfo, TunnelKey, TunnelSpec, VSwitch,
+    VlanTag, Vni,
 };
 use super::process::{self, RunError};
 
@@ -203,7 +204,8 @@ impl OvsVsctl {
         }
     }
 
-    /// `ovs-ofctl add-flows <bridge> <file>` with one flow (or `delete_strict …`) per line.
+    /// `ovs-ofctl --bundle add-flows <bridge> <file>` with one `add …` or `delete_strict …` per
+    /// line: one OpenFlow bundle, so the switch applies all lines or none.
     fn flow_file(
         &self,
         action: &'static str,
@@ -223,7 +225,11 @@ impl OvsVsctl {
         self.ofctl(
             action,
             bridge,
-            vec!["add-flows".into(), file.path().display().to_string()],
+            vec![
+                "add-flows".into(),
+                "--bundle".into(),
+                file.path().display().to_string(),
+            ],
         )?;
         Ok(())
     }
@@ -653,7 +659,10 @@ impl VSwitch for OvsVsctl {
         if flows.is_empty() {
             return Ok(());
         }
-        let lines: Vec<String> = flows.iter().map(Flow::to_add).collect();
+        let lines: Vec<String> = flows
+            .iter()
+            .map(|f| format!("add {}", f.to_add()))
+            .collect();
         self.flow_file("add-flows", bridge, &lines)
     }
 
@@ -670,6 +679,30 @@ impl VSwitch for OvsVsctl {
             .map(|f| format!("delete_strict {}", f.to_strict_delete()))
             .collect();
         self.flow_file("del-flows", bridge, &lines)
+    }
+
+    /// One bundle: the deletions and additions apply together or not at all, so a flow that
+    /// changes identity is never missing in between.
+    fn sync_flows(
+        &self,
+        bridge: &str,
+        cookies: CookieMatch,
+        desired: &[Flow],
+    ) -> Result<FlowSync, OvsError> {
+        check_desired_flows(cookies, desired)?;
+        let actual = self.list_flows(bridge, cookies)?;
+        let sync = plan_flow_sync(&actual, desired);
+        if sync.is_noop() {
+            return Ok(sync);
+        }
+        let lines: Vec<String> = sync
+            .deleted
+            .iter()
+            .map(|f| format!("delete_strict {}", f.to_strict_delete()))
+            .chain(sync.added.iter().map(|f| format!("add {}", f.to_add())))
+            .collect();
+        self.flow_file("sync-flows", bridge, &lines)?;
+        Ok(sync)
     }
 
     fn delete_flows_by_cookie(
@@ -692,7 +725,13 @@ impl VSwitch for OvsVsctl {
         let out = self.ofctl(
             "dump-flows",
             bridge,
-            vec!["dump-flows".into(), "--no-stats".into(), cookies.to_ofctl()],
+            vec![
+                "dump-flows".into(),
+                "--no-stats".into(),
+                // Port numbers, not names, wherever ovs-ofctl's output goes.
+                "--no-names".into(),
+                cookies.to_ofctl(),
+            ],
         )?;
         parse_dump_flows(&String::from_utf8_lossy(&out)).map_err(|message| OvsError::Parse {
             tool: OFCTL,
