@@ -14,6 +14,7 @@ use crate::commands::{
     flavor::FlavorCmd,
     host::HostCmd,
     image::ImageCmd,
+    network::{FloatingCmd, NetworkCmd, PortCmd, SecurityCmd, SubnetCmd},
     operation::OperationCmd,
     project::ProjectCmd,
     quota::QuotaCmd,
@@ -114,6 +115,21 @@ pub enum Command {
     /// Compute hosts (admins only).
     #[command(subcommand)]
     Host(HostCmd),
+    /// Networks: tenant VXLAN networks, and flat/VLAN provider networks (admins).
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Subnets: address ranges of networks (CIDR, gateway, pools, DNS, DHCP).
+    #[command(subcommand)]
+    Subnet(SubnetCmd),
+    /// Ports: a network attachment with a MAC and fixed addresses.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// `floating ip ...`: addresses of external networks mapped to ports.
+    #[command(subcommand)]
+    Floating(FloatingCmd),
+    /// `security group [rule] ...`: allow-lists of traffic applied to ports.
+    #[command(subcommand)]
+    Security(SecurityCmd),
     /// Durable operations: boots, reboots, rebuilds, backups, deletes... as they run.
     #[command(subcommand)]
     Operation(OperationCmd),

@@ -6,6 +6,7 @@
 pub mod diagnostics;
 pub mod host;
 pub mod image;
+pub mod network;
 pub mod operation;
 pub mod server;
 pub mod server_group;

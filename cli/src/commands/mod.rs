@@ -7,6 +7,7 @@ pub mod event;
 pub mod flavor;
 pub mod host;
 pub mod image;
+pub mod network;
 pub mod operation;
 pub mod project;
 pub mod quota;
@@ -62,6 +63,11 @@ pub async fn run(command: Command, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), Cli
         Command::Console(cmd) => console::run(cmd, ctx, io).await,
         Command::Host(cmd) => host::run(cmd, ctx, io).await,
         Command::Operation(cmd) => operation::run(cmd, ctx, io).await,
+        Command::Network(cmd) => network::network(cmd, ctx, io).await,
+        Command::Subnet(cmd) => network::subnet(cmd, ctx, io).await,
+        Command::Port(cmd) => network::port(cmd, ctx, io).await,
+        Command::Floating(cmd) => network::floating(cmd, ctx, io).await,
+        Command::Security(cmd) => network::security(cmd, ctx, io).await,
     }
 }
 
