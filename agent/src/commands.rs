@@ -195,7 +195,7 @@ impl Dispatcher {
         match &c.payload {
             Some(Payload::Reboot(r)) => self.reboot(r).await,
             Some(Payload::Rebuild(r)) => self.rebuild(r).await,
-            Some(Payload::Snapshot(s)) => self.snapshot(&c.operation_id, s).await,
+            Some(Payload::Snapshot(s)) => self.snapshot(&c.operation_id, &c.step, s).await,
             Some(Payload::PrepareMigration(p)) => self.prepare_migration(p).await,
             Some(Payload::LiveMigrate(m)) => {
                 let r = registered.unwrap_or_else(|| self.migrations.register(&m.server_id));
@@ -307,6 +307,7 @@ impl Dispatcher {
     async fn snapshot(
         &self,
         operation_id: &str,
+        step: &str,
         s: &pb::SnapshotCommand,
     ) -> Result<String, String> {
         let format = desired::disk_format(s.disk_format)
@@ -341,6 +342,7 @@ impl Dispatcher {
                     })
                     .await?;
             }
+            send_progress(&self.link, operation_id, step, "saving the disk", 0, 0);
             let snapshot_id = Uuid::new_v4();
             let saved = self
                 .host
@@ -362,6 +364,25 @@ impl Dispatcher {
             }
             saved?
         };
+        // The upload can take minutes for a big disk: its bytes go to the operation's progress.
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reporter = {
+            let (link, sent, op, step) = (
+                self.link.clone(),
+                sent.clone(),
+                operation_id.to_owned(),
+                step.to_owned(),
+            );
+            let total = file.size;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let done = sent.load(std::sync::atomic::Ordering::Relaxed).min(total);
+                    send_progress(&link, &op, &step, "uploading", done, total);
+                }
+            })
+        };
         let uploaded = transfer::upload_snapshot(
             &self.controllers,
             operation_id,
@@ -369,8 +390,10 @@ impl Dispatcher {
             &file.path,
             file.size,
             &file.sha256,
+            &sent,
         )
         .await;
+        reporter.abort();
         let disks = self.host.disks.clone();
         let id = file
             .path
@@ -564,6 +587,30 @@ pub fn tail_lines(bytes: &[u8], lines: u32, truncated: bool) -> pb::ServerConsol
         output: text[start..].to_owned(),
         truncated: truncated || start > 0,
     }
+}
+
+/// Tells the controller how far a running command step is (an unfinished step result).
+fn send_progress(link: &Link, operation_id: &str, step: &str, phase: &str, done: u64, total: u64) {
+    let percent = match total {
+        0 => 0,
+        t => (done.saturating_mul(100) / t).min(100) as u32,
+    };
+    link.send(Outgoing {
+        session: None,
+        msg: In::StepResult(pb::AgentStepResult {
+            operation_id: operation_id.to_owned(),
+            step: step.to_owned(),
+            finished: false,
+            ok: false,
+            message: String::new(),
+            progress: Some(pb::OperationProgress {
+                phase: phase.to_owned(),
+                percent,
+                bytes_done: done,
+                bytes_total: total,
+            }),
+        }),
+    });
 }
 
 #[cfg(test)]

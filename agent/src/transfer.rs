@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -216,9 +217,12 @@ pub async fn upload_snapshot(
     file: &Path,
     size_bytes: u64,
     sha256: &str,
+    sent: &Arc<AtomicU64>,
 ) -> Result<pb::Image, String> {
     let mut last_error = String::new();
     for address in controllers.preferred() {
+        sent.store(0, Ordering::Relaxed);
+        let counter = sent.clone();
         let channel = controllers.channel(&address)?;
         let f = tokio::fs::File::open(file)
             .await
@@ -234,29 +238,33 @@ pub async fn upload_snapshot(
                 },
             )),
         };
-        let chunks = futures::stream::unfold(Some(f), |f| async move {
-            let mut f = f?;
-            let mut buf = vec![0u8; UPLOAD_CHUNK];
-            let mut filled = 0;
-            while filled < buf.len() {
-                match f.read(&mut buf[filled..]).await {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) => {
-                        // Ending the stream early makes the controller refuse the size.
-                        tracing::error!("reading the saved disk failed: {e}");
-                        return None;
+        let chunks = futures::stream::unfold(Some(f), move |f| {
+            let counter = counter.clone();
+            async move {
+                let mut f = f?;
+                let mut buf = vec![0u8; UPLOAD_CHUNK];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match f.read(&mut buf[filled..]).await {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) => {
+                            // Ending the stream early makes the controller refuse the size.
+                            tracing::error!("reading the saved disk failed: {e}");
+                            return None;
+                        }
                     }
                 }
+                if filled == 0 {
+                    return None;
+                }
+                buf.truncate(filled);
+                counter.fetch_add(filled as u64, Ordering::Relaxed);
+                let msg = pb::UploadImageRequest {
+                    data: Some(pb::upload_image_request::Data::Chunk(buf)),
+                };
+                Some((msg, Some(f)))
             }
-            if filled == 0 {
-                return None;
-            }
-            buf.truncate(filled);
-            let msg = pb::UploadImageRequest {
-                data: Some(pb::upload_image_request::Data::Chunk(buf)),
-            };
-            Some((msg, Some(f)))
         });
         let stream = futures::StreamExt::chain(futures::stream::iter([header]), chunks);
         match AgentServiceClient::new(channel)

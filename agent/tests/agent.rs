@@ -651,6 +651,14 @@ async fn commands_are_carried_out_once_and_queries_answered() {
         .await;
     let r = w.ctl.wait_step("op-snap", 1).await;
     assert!(r.ok, "{r:?}");
+    let phases: Vec<String> = w.ctl.with(|c| {
+        c.step_results
+            .iter()
+            .filter(|r| r.operation_id == "op-snap" && !r.finished)
+            .filter_map(|r| r.progress.as_ref().map(|p| p.phase.clone()))
+            .collect()
+    });
+    assert_eq!(phases.first().map(String::as_str), Some("saving the disk"));
     let (header, content) = w.ctl.with(|c| c.uploads[0].clone());
     assert_eq!(
         (header.request_id.as_str(), header.image.as_str()),

@@ -164,12 +164,13 @@ impl FakeController {
     }
 
     /// Waits for the step result of `operation_id` (the `n`-th, counting from 1).
+    /// The `n`-th outcome (finished step result) of an operation; progress reports do not count.
     pub async fn wait_step(&self, operation_id: &str, n: usize) -> pb::AgentStepResult {
         wait_for(Duration::from_secs(20), "a step result", || async {
             let found: Vec<_> = self.with(|c| {
                 c.step_results
                     .iter()
-                    .filter(|r| r.operation_id == operation_id)
+                    .filter(|r| r.operation_id == operation_id && r.finished)
                     .cloned()
                     .collect()
             });
