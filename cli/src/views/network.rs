@@ -475,7 +475,7 @@ impl Tabular for SecurityGroupView {
             ("name", self.name.clone()),
             ("description", self.description.clone()),
             ("project_id", self.project_id.clone()),
-            ("rules", rules.join("\n")),
+            ("rules", rules.join("; ")),
         ];
         f.extend(meta_fields(&self.meta));
         f
