@@ -11,7 +11,7 @@ use crate::error::CliError;
 use crate::output;
 
 /// Resource names (proto field names), in display order.
-pub const RESOURCES: [&str; 10] = [
+pub const RESOURCES: [&str; 13] = [
     "instances",
     "vcpus",
     "ram_mib",
@@ -22,6 +22,9 @@ pub const RESOURCES: [&str; 10] = [
     "images",
     "image_storage_gib",
     "server_groups",
+    "subnets",
+    "security_groups",
+    "security_group_rules",
 ];
 
 #[derive(Debug, Subcommand)]
@@ -36,7 +39,7 @@ pub enum QuotaCmd {
         default: bool,
     },
     /// Change limits of a project, or the defaults (-1 = unlimited).
-    Set(SetArgs),
+    Set(Box<SetArgs>),
     /// Make every limit of a project follow the defaults again.
     Reset {
         /// Project id or name.
@@ -47,7 +50,7 @@ pub enum QuotaCmd {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("limits").required(true).multiple(true).args([
     "instances", "vcpus", "ram", "disk", "networks", "ports", "floating_ips", "images",
-    "image_storage", "server_groups",
+    "image_storage", "server_groups", "subnets", "security_groups", "security_group_rules",
 ])))]
 pub struct SetArgs {
     /// Project id or name.
@@ -79,6 +82,12 @@ pub struct SetArgs {
     pub image_storage: Option<i64>,
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub server_groups: Option<i64>,
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub subnets: Option<i64>,
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub security_groups: Option<i64>,
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub security_group_rules: Option<i64>,
 }
 
 /// One resource: its limit and, for a project, usage and where the limit comes from.
@@ -169,6 +178,9 @@ impl From<v1::Quota> for QuotaView {
             q.images,
             q.image_storage_gib,
             q.server_groups,
+            q.subnets,
+            q.security_groups,
+            q.security_group_rules,
         ];
         let rows = RESOURCES
             .into_iter()
@@ -203,6 +215,9 @@ impl From<v1::QuotaLimits> for QuotaView {
             l.images,
             l.image_storage_gib,
             l.server_groups,
+            l.subnets,
+            l.security_groups,
+            l.security_group_rules,
         ];
         let rows = RESOURCES
             .into_iter()
@@ -256,6 +271,9 @@ pub async fn run(cmd: QuotaCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliErr
                 images: a.images,
                 image_storage_gib: a.image_storage,
                 server_groups: a.server_groups,
+                subnets: a.subnets,
+                security_groups: a.security_groups,
+                security_group_rules: a.security_group_rules,
             };
             conn.call(request, |ch, req| async move {
                 QuotaServiceClient::new(ch).set_default_quota(req).await
@@ -277,6 +295,9 @@ pub async fn run(cmd: QuotaCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliErr
                 images: a.images,
                 image_storage_gib: a.image_storage,
                 server_groups: a.server_groups,
+                subnets: a.subnets,
+                security_groups: a.security_groups,
+                security_group_rules: a.security_group_rules,
                 reset_to_default: Vec::new(),
             };
             conn.call(request, |ch, req| async move {
@@ -370,11 +391,11 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines[0],
-            "RESOURCE           LIMIT      IN USE  FROM DEFAULT"
+            "RESOURCE              LIMIT      IN USE  FROM DEFAULT"
         );
-        assert_eq!(lines[1], "instances          10         2       true");
-        assert_eq!(lines[2], "vcpus              unlimited  4       false");
-        assert_eq!(lines.len(), 11);
+        assert_eq!(lines[1], "instances             10         2       true");
+        assert_eq!(lines[2], "vcpus                 unlimited  4       false");
+        assert_eq!(lines.len(), 14);
         let json: serde_json::Value =
             serde_json::from_str(&view.render(Format::Json).unwrap()).unwrap();
         assert_eq!(json["project_id"], "p1");
@@ -392,8 +413,14 @@ mod tests {
         };
         let view = QuotaView::from(d);
         let table = view.render(Format::Table).unwrap();
-        assert!(table.starts_with("RESOURCE           LIMIT\n"), "{table}");
-        assert!(table.contains("vcpus              unlimited\n"), "{table}");
+        assert!(
+            table.starts_with("RESOURCE              LIMIT\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("vcpus                 unlimited\n"),
+            "{table}"
+        );
         let json: serde_json::Value =
             serde_json::from_str(&view.render(Format::Json).unwrap()).unwrap();
         assert_eq!(json["instances"], 10);

@@ -11,7 +11,7 @@ use crate::state::{validate_limits, Amounts, Command, Outcome, ProjectQuota, Res
 pub struct QuotaApi(pub Api);
 
 /// The set fields of a request, in [`Resource`] order.
-fn changes(values: [Option<i64>; 10]) -> Result<Amounts, Status> {
+fn changes(values: [Option<i64>; 13]) -> Result<Amounts, Status> {
     let changes: Amounts = Resource::ALL
         .into_iter()
         .zip(values)
@@ -34,6 +34,9 @@ fn limits(a: &Amounts) -> pb::QuotaLimits {
         images: get(Resource::Images),
         image_storage_gib: get(Resource::ImageStorageGib),
         server_groups: get(Resource::ServerGroups),
+        subnets: get(Resource::Subnets),
+        security_groups: get(Resource::SecurityGroups),
+        security_group_rules: get(Resource::SecurityGroupRules),
     }
 }
 
@@ -57,6 +60,9 @@ fn quota(q: &ProjectQuota) -> pb::Quota {
         images: item(Resource::Images),
         image_storage_gib: item(Resource::ImageStorageGib),
         server_groups: item(Resource::ServerGroups),
+        subnets: item(Resource::Subnets),
+        security_groups: item(Resource::SecurityGroups),
+        security_group_rules: item(Resource::SecurityGroupRules),
     }
 }
 
@@ -121,6 +127,9 @@ impl QuotaService for QuotaApi {
             r.images,
             r.image_storage_gib,
             r.server_groups,
+            r.subnets,
+            r.security_groups,
+            r.security_group_rules,
         ])?;
         let cmd = Command::SetQuota {
             project: r.project,
@@ -162,6 +171,9 @@ impl QuotaService for QuotaApi {
             r.images,
             r.image_storage_gib,
             r.server_groups,
+            r.subnets,
+            r.security_groups,
+            r.security_group_rules,
         ])?;
         let cmd = Command::SetDefaultQuota { changes };
         match self.0.propose(r.request_id, p.name, cmd).await? {

@@ -691,3 +691,80 @@ fn a_project_with_networking_resources_cannot_be_deleted_and_its_default_group_g
     assert!(log.state.security_group(&group).is_none());
     assert_eq!(log.state.rules_of(&group).count(), 0);
 }
+
+#[test]
+fn subnets_security_groups_and_rules_are_counted_and_limited() {
+    let mut log = Log::new();
+    log.ok(Command::SetQuota {
+        project: "p1".into(),
+        reset_to_default: Vec::new(),
+        changes: [
+            (Resource::Subnets, 1),
+            (Resource::SecurityGroups, 2),
+            (Resource::SecurityGroupRules, 7),
+        ]
+        .into_iter()
+        .collect(),
+    });
+    log.network("n1", "p1");
+    log.subnet("s1", "n1", "10.0.0.0/24");
+    let r = log.rejected(NetCommand::CreateSubnet(subnet_spec(
+        "s2",
+        "n1",
+        "10.1.0.0/24",
+    )));
+    assert!(
+        matches!(r, Rejection::QuotaExceeded(ref m) if m.contains("subnets")),
+        "{r:?}"
+    );
+    // The default group (1 group, 4 rules) is created and counted with the first group.
+    let ids = log.fresh(2 + DEFAULT_GROUP_IDS);
+    log.net(NetCommand::CreateSecurityGroup {
+        id: "web".into(),
+        project_id: "p1".into(),
+        name: "web".into(),
+        description: String::new(),
+        fresh_ids: ids,
+    });
+    let used = |log: &Log, r: Resource| log.state.project_quota("p1").items[&r].in_use;
+    assert_eq!(used(&log, Resource::SecurityGroups), 2);
+    assert_eq!(used(&log, Resource::SecurityGroupRules), 6);
+    let rule = |id: &str, port: u32| {
+        NetCommand::CreateSecurityGroupRule(RuleSpec {
+            id: id.into(),
+            security_group_id: "web".into(),
+            direction: Direction::Ingress,
+            ethertype: Ethertype::Ipv4,
+            protocol: "tcp".into(),
+            port_range_min: Some(port),
+            port_range_max: None,
+            remote_ip_prefix: String::new(),
+            remote_group_id: String::new(),
+            description: String::new(),
+        })
+    };
+    log.net(rule("r1", 22));
+    assert!(matches!(
+        log.rejected(rule("r2", 80)),
+        Rejection::QuotaExceeded(_)
+    ));
+    let ids = log.fresh(2 + DEFAULT_GROUP_IDS);
+    let r = log.rejected(NetCommand::CreateSecurityGroup {
+        id: "db".into(),
+        project_id: "p1".into(),
+        name: "db".into(),
+        description: String::new(),
+        fresh_ids: ids,
+    });
+    assert!(matches!(r, Rejection::QuotaExceeded(_)), "{r:?}");
+    // Deleting gives everything back.
+    log.apply(NetCommand::DeleteSecurityGroup {
+        group_id: "web".into(),
+    });
+    assert_eq!(used(&log, Resource::SecurityGroups), 1);
+    assert_eq!(used(&log, Resource::SecurityGroupRules), 4);
+    log.apply(NetCommand::DeleteSubnet {
+        subnet_id: "s1".into(),
+    });
+    assert_eq!(used(&log, Resource::Subnets), 0);
+}

@@ -377,7 +377,7 @@ pub(super) fn change(
     }
 }
 
-fn one(r: Resource) -> ResourceDelta {
+pub(super) fn one(r: Resource) -> ResourceDelta {
     [(r, 1)].into_iter().collect()
 }
 
@@ -575,6 +575,7 @@ impl State {
                 }
                 for sid in &n.subnet_ids {
                     if let Some(s) = self.net.subnets.remove(sid) {
+                        self.release(&s.project_id, &one(Resource::Subnets));
                         self.more_changes.push(change(
                             "subnet",
                             &s.id,
@@ -670,6 +671,7 @@ impl State {
                     )));
                 }
                 self.net.subnets.remove(&s.id);
+                self.release(&s.project_id, &one(Resource::Subnets));
                 if let Some(n) = self.net.networks.get_mut(&s.network_id) {
                     n.subnet_ids.retain(|id| *id != s.id);
                 }
@@ -1075,6 +1077,8 @@ impl State {
             allocated: BTreeMap::new(),
             meta: Meta::new(revision, t),
         };
+        self.charge(&s.project_id, &one(Resource::Subnets))
+            .map_err(|e| Rejection::QuotaExceeded(e.to_string()))?;
         self.net.subnets.insert(s.id.clone(), s.clone());
         if let Some(n) = self.net.networks.get_mut(&network.id) {
             n.subnet_ids.push(s.id.clone());
@@ -1581,5 +1585,17 @@ impl State {
             .security_groups
             .retain(|_, g| g.project_id != project_id);
         self.net.rules.retain(|_, r| r.project_id != project_id);
+    }
+}
+
+impl State {
+    /// Records usage without the admission check: the `default` security group and its rules
+    /// are created whenever a project needs them and count, over quota or not (as Neutron).
+    pub(super) fn force_charge(&mut self, project_id: &str, delta: &ResourceDelta) {
+        let usage = self.quota_usage.entry(project_id.to_owned()).or_default();
+        for (&r, &amount) in delta {
+            *usage.entry(r).or_insert(0) += amount;
+        }
+        usage.retain(|_, v| *v != 0);
     }
 }

@@ -24,6 +24,9 @@ pub enum Resource {
     Images,
     ImageStorageGib,
     ServerGroups,
+    Subnets,
+    SecurityGroups,
+    SecurityGroupRules,
 }
 
 /// An amount per resource (limits, usage or a request).
@@ -35,7 +38,7 @@ pub type ResourceDelta = Amounts;
 pub const UNLIMITED: i64 = -1;
 
 impl Resource {
-    pub const ALL: [Resource; 10] = [
+    pub const ALL: [Resource; 13] = [
         Resource::Instances,
         Resource::Vcpus,
         Resource::RamMib,
@@ -46,6 +49,9 @@ impl Resource {
         Resource::Images,
         Resource::ImageStorageGib,
         Resource::ServerGroups,
+        Resource::Subnets,
+        Resource::SecurityGroups,
+        Resource::SecurityGroupRules,
     ];
 
     /// The proto field name (e.g. `ram_mib`).
@@ -61,6 +67,9 @@ impl Resource {
             Resource::Images => "images",
             Resource::ImageStorageGib => "image_storage_gib",
             Resource::ServerGroups => "server_groups",
+            Resource::Subnets => "subnets",
+            Resource::SecurityGroups => "security_groups",
+            Resource::SecurityGroupRules => "security_group_rules",
         }
     }
 
@@ -81,6 +90,9 @@ impl Resource {
             Resource::Images => 20,
             Resource::ImageStorageGib => 100,
             Resource::ServerGroups => 10,
+            Resource::Subnets => 100,
+            Resource::SecurityGroups => 10,
+            Resource::SecurityGroupRules => 100,
         }
     }
 }
@@ -409,7 +421,7 @@ mod tests {
     fn a_new_project_gets_the_builtin_defaults_and_zero_usage() {
         let s = state_with_project();
         let q = s.project_quota("p1");
-        assert_eq!(q.items.len(), 10);
+        assert_eq!(q.items.len(), Resource::ALL.len());
         let vcpus = q.items[&Resource::Vcpus];
         assert_eq!(
             vcpus,

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::ipam::{Cidr, Family};
-use super::networks::{change, ok, Applied, NetCommand, NetOutcome};
+use super::networks::{change, ok, one, Applied, NetCommand, NetOutcome};
+use super::quota::{Resource, ResourceDelta};
 use super::{EventAction, Meta, Outcome, Rejection, State};
 
 pub const DEFAULT_GROUP: &str = "default";
@@ -88,6 +89,16 @@ pub struct RuleSpec {
     pub remote_ip_prefix: String,
     pub remote_group_id: String,
     pub description: String,
+}
+
+/// What a new (non-default) group uses: itself and its two egress rules.
+fn new_group_usage() -> ResourceDelta {
+    [
+        (Resource::SecurityGroups, 1),
+        (Resource::SecurityGroupRules, NEW_GROUP_RULE_IDS as i64),
+    ]
+    .into_iter()
+    .collect()
 }
 
 fn invalid(msg: impl Into<String>) -> Rejection {
@@ -180,12 +191,15 @@ impl State {
                 if self.group_named(project_id, name).is_some() {
                     return Err(Rejection::exists("security group", name));
                 }
+                let needs = new_group_usage();
+                self.check_quota(project_id, &needs)?;
                 self.ensure_default_group(
                     revision,
                     t,
                     project_id,
                     &fresh_ids[NEW_GROUP_RULE_IDS..],
                 )?;
+                self.force_charge(project_id, &needs);
                 let g = SecurityGroup {
                     id: id.clone(),
                     name: name.clone(),
@@ -280,6 +294,7 @@ impl State {
                     .collect();
                 for r in gone {
                     self.net.rules.remove(&r.id);
+                    self.release(&r.project_id, &one(Resource::SecurityGroupRules));
                     if r.security_group_id != g.id {
                         self.more_changes.push(change(
                             "security_group_rule",
@@ -291,6 +306,7 @@ impl State {
                     }
                 }
                 self.net.security_groups.remove(&g.id);
+                self.release(&g.project_id, &one(Resource::SecurityGroups));
                 let c = change(
                     "security_group",
                     &g.id,
@@ -307,6 +323,7 @@ impl State {
                     .rules
                     .remove(rule_id)
                     .ok_or_else(|| Rejection::not_found("security group rule", rule_id))?;
+                self.release(&r.project_id, &one(Resource::SecurityGroupRules));
                 let c = change(
                     "security_group_rule",
                     &r.id,
@@ -373,6 +390,13 @@ impl State {
         for (rule_id, (direction, ethertype, remote)) in fresh_ids[1..].iter().zip(rules) {
             self.add_rule(revision, t, &g, rule_id, direction, ethertype, remote);
         }
+        let usage: ResourceDelta = [
+            (Resource::SecurityGroups, 1),
+            (Resource::SecurityGroupRules, 4),
+        ]
+        .into_iter()
+        .collect();
+        self.force_charge(project_id, &usage);
         self.more_changes.push(change(
             "security_group",
             &g.id,
@@ -475,6 +499,8 @@ impl State {
                 name: same.id.clone(),
             });
         }
+        self.charge(&r.project_id, &one(Resource::SecurityGroupRules))
+            .map_err(|e| Rejection::QuotaExceeded(e.to_string()))?;
         self.net.rules.insert(r.id.clone(), r.clone());
         let c = change(
             "security_group_rule",

@@ -120,6 +120,9 @@ impl World {
                 networks: Some(-1),
                 ports: Some(-1),
                 floating_ips: Some(-1),
+                subnets: Some(-1),
+                security_groups: Some(-1),
+                security_group_rules: Some(-1),
                 ..Default::default()
             });
             self.quotas.set_quota(r).await.unwrap();
