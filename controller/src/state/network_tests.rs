@@ -768,3 +768,121 @@ fn subnets_security_groups_and_rules_are_counted_and_limited() {
     });
     assert_eq!(used(&log, Resource::Subnets), 0);
 }
+
+/// After any sequence of port and floating IP creates and deletes: every allocated address
+/// belongs to exactly the port or floating IP that holds it, no address is held twice, and
+/// quota usage equals what exists.
+#[test]
+fn ipam_bookkeeping_stays_exact_under_a_random_workload() {
+    let mut log = Log::new();
+    log.ok(Command::SetQuota {
+        project: "p1".into(),
+        reset_to_default: Vec::new(),
+        changes: [
+            (Resource::Ports, UNLIMITED),
+            (Resource::FloatingIps, UNLIMITED),
+        ]
+        .into_iter()
+        .collect(),
+    });
+    let mut ext = network_spec("ext", "p1");
+    ext.network_type = NetworkType::Flat;
+    ext.physical_network = "public".into();
+    ext.external = true;
+    log.net(NetCommand::CreateNetwork(ext));
+    log.subnet("pub", "ext", "203.0.113.0/28");
+    log.network("n1", "p1");
+    log.subnet("s1", "n1", "10.0.0.0/28");
+    log.subnet("s2", "n1", "10.0.1.0/29");
+    let mut seed: u64 = 0x5eed;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    for step in 0..400 {
+        let ports: Vec<String> = log.state.ports_after("").map(|p| p.id.clone()).collect();
+        let fips: Vec<String> = log
+            .state
+            .floating_ips_after("")
+            .map(|f| f.id.clone())
+            .collect();
+        match next(6) {
+            0 | 1 => {
+                let mut spec = log.port_spec(&format!("port-{step}"), "n1", "p1");
+                if next(3) == 0 {
+                    let subnet = if next(2) == 0 { "s1" } else { "s2" };
+                    spec.fixed_ips = vec![fixed(subnet, "")];
+                }
+                if next(4) == 0 {
+                    spec.fixed_ips = vec![fixed("", &format!("10.0.0.{}", 1 + next(14)))];
+                }
+                log.apply(NetCommand::CreatePort(spec));
+            }
+            2 if !ports.is_empty() => {
+                let id = ports[next(ports.len() as u64) as usize].clone();
+                log.apply(NetCommand::DeletePort { port_id: id });
+            }
+            3 => {
+                let port = ports
+                    .get(next(ports.len() as u64 + 1) as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                log.apply(NetCommand::CreateFloatingIp {
+                    id: format!("fip-{step}"),
+                    network_id: "ext".into(),
+                    project_id: "p1".into(),
+                    address: String::new(),
+                    port_id: port,
+                    fixed_ip_address: String::new(),
+                    description: String::new(),
+                });
+            }
+            4 if !fips.is_empty() => {
+                let id = fips[next(fips.len() as u64) as usize].clone();
+                log.apply(NetCommand::DeleteFloatingIp { floating_ip_id: id });
+            }
+            _ => {}
+        }
+        // The books: allocations are exactly the ports' and floating IPs' addresses.
+        let mut expected: BTreeMap<(String, String), String> = BTreeMap::new();
+        for p in log.state.ports_after("") {
+            for ip in &p.fixed_ips {
+                let prev =
+                    expected.insert((ip.subnet_id.clone(), ip.ip_address.clone()), p.id.clone());
+                assert!(prev.is_none(), "step {step}: {} held twice", ip.ip_address);
+            }
+        }
+        for f in log.state.floating_ips_after("") {
+            let prev = expected.insert(
+                (f.subnet_id.clone(), f.address.clone()),
+                format!("floatingip:{}", f.id),
+            );
+            assert!(prev.is_none(), "step {step}: {} held twice", f.address);
+        }
+        let actual: BTreeMap<(String, String), String> = log
+            .state
+            .subnets_after("")
+            .flat_map(|s| {
+                s.allocated.iter().map(move |(a, owner)| {
+                    (
+                        (s.id.clone(), ipam::format_ip(s.cidr.family, *a)),
+                        owner.clone(),
+                    )
+                })
+            })
+            .collect();
+        assert_eq!(actual, expected, "step {step}");
+        let q = log.state.project_quota("p1");
+        assert_eq!(
+            q.items[&Resource::Ports].in_use as usize,
+            log.state.ports_after("").count()
+        );
+        assert_eq!(
+            q.items[&Resource::FloatingIps].in_use as usize,
+            log.state.floating_ips_after("").count()
+        );
+    }
+    assert!(log.state.ports_after("").count() > 5);
+}
