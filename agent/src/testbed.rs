@@ -212,9 +212,29 @@ impl Host {
         }
     }
 
-    /// Powers the host off: its QEMU processes, libvirtd and virtlogd are killed (by pid).
+    /// Powers the host off: every process in its network namespace (QEMU, libvirtd, virtlogd)
+    /// is killed at once with SIGKILL, by the pids `ip netns pids` names, as a power cut would.
     pub fn power_off(&mut self) {
-        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = run("ip", &["netns", "pids", &self.netns]);
+            let pids: Vec<&str> = pids.split_whitespace().collect();
+            if pids.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "processes of {} survived SIGKILL: {pids:?}",
+                self.name
+            );
+            for pid in pids {
+                run_quiet("kill", &["-KILL", pid]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(mut child) = self.libvirtd.take() {
+            let _ = child.wait();
+        }
     }
 
     /// Starts the host's daemons again after [`Self::power_off`].
