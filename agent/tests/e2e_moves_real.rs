@@ -15,7 +15,6 @@
 //! missing (CI runs it as root).
 mod support;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,7 +22,6 @@ use std::time::{Duration, Instant};
 use flotilla_agent::driver::{Hypervisor, PowerState};
 use flotilla_agent::testbed::{self as two_hosts, run, TwoHosts};
 use flotilla_proto::v1 as pb;
-use flotilla_proto::v1::flavor_service_client::FlavorServiceClient;
 use flotilla_proto::v1::host_service_client::HostServiceClient;
 use flotilla_proto::v1::server_service_client::ServerServiceClient;
 use support::e2e::*;
@@ -167,21 +165,7 @@ async fn servers_move_live_survive_a_cut_network_and_are_evacuated_off_a_dead_ho
     let image = api
         .upload_image("guest-disk", qcow2(&images, "a.qcow2", "64M"))
         .await;
-    let flavor = pb::CreateFlavorRequest {
-        request_id: request_id(),
-        name: "e2e".into(),
-        vcpus: 1,
-        ram_mib: 128,
-        disk_gib: 1,
-        extra_specs: HashMap::from([("flotilla:kernel".to_owned(), "guest".to_owned())]),
-        ..Default::default()
-    };
-    api.call(|ch, t| {
-        let req = authed(flavor.clone(), &t);
-        async move { FlavorServiceClient::new(ch).create_flavor(req).await }
-    })
-    .await
-    .expect("flavor");
+    api.create_guest_flavor("e2e").await;
 
     let (config_a, state_a) = agent_config(root, hosts.a(), &ctl, &kernel, &initrd);
     let (config_b, state_b) = agent_config(root, hosts.b(), &ctl, &kernel, &initrd);

@@ -13,14 +13,12 @@
 //! deploy/install-deps.sh).
 mod support;
 
-use std::collections::HashMap;
 use std::fs;
 use std::time::{Duration, Instant};
 
 use flotilla_agent::driver::Hypervisor;
 use flotilla_agent::driver::PowerState;
 use flotilla_proto::v1 as pb;
-use flotilla_proto::v1::flavor_service_client::FlavorServiceClient;
 use flotilla_proto::v1::host_service_client::HostServiceClient;
 use flotilla_proto::v1::image_service_client::ImageServiceClient;
 use flotilla_proto::v1::server_service_client::ServerServiceClient;
@@ -65,21 +63,7 @@ async fn a_server_lives_its_whole_life_on_real_libvirt_through_the_api() {
     let big = api
         .upload_image("guest-disk-big", big_qcow2(&images, 64))
         .await;
-    let flavor = pb::CreateFlavorRequest {
-        request_id: request_id(),
-        name: "e2e".into(),
-        vcpus: 1,
-        ram_mib: 128,
-        disk_gib: 1,
-        extra_specs: HashMap::from([("flotilla:kernel".to_owned(), "guest".to_owned())]),
-        ..Default::default()
-    };
-    api.call(|ch, t| {
-        let req = authed(flavor.clone(), &t);
-        async move { FlavorServiceClient::new(ch).create_flavor(req).await }
-    })
-    .await
-    .expect("flavor");
+    api.create_guest_flavor("e2e").await;
 
     // The agent binary.
     let state = root.join("agent");

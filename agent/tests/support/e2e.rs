@@ -1,6 +1,7 @@
 //! Pieces of the real end-to-end tests: the `flotilla-agent` binary as a process, an
 //! in-process controller with mutual TLS on its peer listener, the public API with the admin's
 //! project-scoped token, and small qcow2 helpers.
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_controller::certs::{write_certs, GenCertsArgs};
 use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::flavor_service_client::FlavorServiceClient;
 use flotilla_proto::v1::identity_service_client::IdentityServiceClient;
 use flotilla_proto::v1::image_service_client::ImageServiceClient;
 use flotilla_proto::v1::operation_service_client::OperationServiceClient;
@@ -285,6 +287,25 @@ impl Agent {
 }
 
 impl Api {
+    /// A flavor (1 vCPU, 128 MiB, 1 GiB) booting the agent's `[kernels.guest]` test kernel.
+    pub async fn create_guest_flavor(&self, name: &str) {
+        let flavor = pb::CreateFlavorRequest {
+            request_id: request_id(),
+            name: name.into(),
+            vcpus: 1,
+            ram_mib: 128,
+            disk_gib: 1,
+            extra_specs: HashMap::from([("flotilla:kernel".to_owned(), "guest".to_owned())]),
+            ..Default::default()
+        };
+        self.call(|ch, t| {
+            let req = authed(flavor.clone(), &t);
+            async move { FlavorServiceClient::new(ch).create_flavor(req).await }
+        })
+        .await
+        .expect("flavor");
+    }
+
     pub async fn operation(&self, id: &str) -> pb::Operation {
         let req = pb::GetOperationRequest {
             operation_id: id.into(),

@@ -113,6 +113,14 @@ fn resolve<'s, T: 's>(
     }
 }
 
+/// A List RPC's optional network filter: none when empty, else the network's id.
+fn network_filter(state: &State, p: &Principal, key: &str) -> Result<Option<String>, Status> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(find_network(state, p, key)?.id.clone()))
+}
+
 fn find_network<'s>(state: &'s State, p: &Principal, key: &str) -> Result<&'s Network, Status> {
     resolve(
         "network",
@@ -703,11 +711,7 @@ impl NetworkService for NetworkApi {
         let r = req.into_inner();
         let state = self.api.read(r.stale).await?;
         let scope = list_scope(&state, &p, r.all_projects, &r.project)?;
-        let network_id = if r.network.is_empty() {
-            None
-        } else {
-            Some(find_network(&state, &p, &r.network)?.id.clone())
-        };
+        let network_id = network_filter(&state, &p, &r.network)?;
         let (page, next) = paginate(
             state.subnets_after(&r.page_token).filter(|s| {
                 subnet_visible(&state, &p, s)
@@ -846,11 +850,7 @@ impl NetworkService for NetworkApi {
         let r = req.into_inner();
         let state = self.api.read(r.stale).await?;
         let scope = list_scope(&state, &p, r.all_projects, &r.project)?;
-        let network_id = if r.network.is_empty() {
-            None
-        } else {
-            Some(find_network(&state, &p, &r.network)?.id.clone())
-        };
+        let network_id = network_filter(&state, &p, &r.network)?;
         let (page, next) = paginate(
             state.ports_after(&r.page_token).filter(|x| {
                 owned_visible(&p, &x.project_id)
@@ -972,11 +972,7 @@ impl NetworkService for NetworkApi {
         let r = req.into_inner();
         let state = self.api.read(r.stale).await?;
         let scope = list_scope(&state, &p, r.all_projects, &r.project)?;
-        let network_id = if r.floating_network.is_empty() {
-            None
-        } else {
-            Some(find_network(&state, &p, &r.floating_network)?.id.clone())
-        };
+        let network_id = network_filter(&state, &p, &r.floating_network)?;
         let port_id = if r.port.is_empty() {
             None
         } else {
