@@ -8,6 +8,7 @@
 //! - [`desired`]: the controller's desired state as the planner's input (pure).
 //! - [`transfer`]: image fetches and snapshot uploads.
 //! - [`service`]: wires the tasks together.
+//! - [`net`]: tenant networking on the host (Open vSwitch flows, DHCP, floating-IP NAT).
 //! - [`driver`], [`render`], [`reconcile`]: drivers, pure renderers, the pure planner.
 //! - [`testbed`]: test and benchmark infrastructure only (two namespaced libvirt hosts on one
 //!   machine); the agent does not use it.
@@ -18,6 +19,7 @@ pub mod desired;
 pub mod driver;
 pub mod executor;
 pub mod fence;
+pub mod net;
 pub mod reconcile;
 pub mod render;
 pub mod service;
