@@ -16,12 +16,12 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::agent_hub::{AgentHub, LeaseSettings};
+pub use super::desired::{desired_server, desired_state};
 use super::{new_id, Api};
 use crate::images::stream::read_chunks;
 use crate::images::ImageRuntime;
 use crate::state::{
-    Command, DesiredPower, HostRegistration, ImageStatus, ObservedServer, PowerState, Progress,
-    Server, State, AGENT_UPLOAD,
+    Command, HostRegistration, ImageStatus, ObservedServer, PowerState, Progress, AGENT_UPLOAD,
 };
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
@@ -46,57 +46,6 @@ pub fn power_from_pb(p: i32) -> PowerState {
         pb::ServerPowerState::Shutdown => PowerState::Shutdown,
         pb::ServerPowerState::Crashed => PowerState::Crashed,
         pb::ServerPowerState::Unspecified => PowerState::NoState,
-    }
-}
-
-/// What `host_id` should run, from the state (pure): the servers placed there, and the ones
-/// being migrated in (at their new generation, marked incoming).
-pub fn desired_state(state: &State, host_id: &str) -> pb::DesiredState {
-    let placed = state
-        .servers_on(host_id)
-        .map(|s| desired_server(s, s.placement_generation, false));
-    let incoming = state.migrating_to(host_id).map(|s| {
-        let generation = s
-            .migration
-            .as_ref()
-            .map_or(s.placement_generation, |m| m.destination_generation);
-        desired_server(s, generation, true)
-    });
-    pb::DesiredState {
-        revision: state.revision(),
-        servers: placed.chain(incoming).collect(),
-        ..Default::default()
-    }
-}
-
-/// One server as an agent should hold it, at `generation`.
-pub fn desired_server(s: &Server, generation: u64, incoming: bool) -> pb::DesiredServer {
-    let f = &s.flavor;
-    let extra_gib = f.ephemeral_gib + f.swap_mib.div_ceil(1024);
-    pb::DesiredServer {
-        id: s.id.clone(),
-        name: s.name.clone(),
-        project_id: s.project_id.clone(),
-        vcpus: f.vcpus,
-        ram_mib: f.ram_mib,
-        root_disk_gib: s.claim.disk_gib.saturating_sub(extra_gib),
-        ephemeral_gib: f.ephemeral_gib,
-        swap_mib: f.swap_mib,
-        extra_specs: f.extra_specs.clone().into_iter().collect(),
-        image_id: s.image.id.clone(),
-        image_sha256: s.image.sha256.clone(),
-        image_size_bytes: s.image.size_bytes,
-        image_disk_format: super::convert::disk_format(s.image.disk_format) as i32,
-        placement_generation: generation,
-        power_state: match s.desired_power {
-            DesiredPower::Running => pb::ServerPowerState::Running,
-            DesiredPower::Shutdown => pb::ServerPowerState::Shutdown,
-        } as i32,
-        ports: vec![],
-        console_log_path: String::new(),
-        user_data: s.user_data.clone(),
-        metadata: s.metadata.clone().into_iter().collect(),
-        incoming_migration: incoming,
     }
 }
 
@@ -167,6 +116,8 @@ impl AgentApi {
         mut stream: Streaming<pb::AgentMessage>,
     ) {
         let actor = format!("agent-{host_id}");
+        // The wired ports last recorded in this session (proposed again only when they change).
+        let mut wired: Option<Vec<String>> = None;
         while let Some(Ok(m)) = stream.next().await {
             match m.msg {
                 Some(In::Heartbeat(hb)) => {
@@ -215,6 +166,22 @@ impl AgentApi {
                     };
                     if let Err(e) = self.api.propose(String::new(), actor.clone(), cmd).await {
                         tracing::debug!(host = %host_id, "an observed report was not applied: {}", e.message());
+                    }
+                    let mut ports = o.wired_ports;
+                    ports.sort();
+                    ports.dedup();
+                    if wired.as_ref() != Some(&ports) {
+                        let cmd = Command::PortsWired {
+                            host_id: host_id.clone(),
+                            lease_id,
+                            port_ids: ports.clone(),
+                        };
+                        match self.api.propose(String::new(), actor.clone(), cmd).await {
+                            Ok(_) => wired = Some(ports),
+                            Err(e) => {
+                                tracing::debug!(host = %host_id, "a wired-ports report was not applied: {}", e.message());
+                            }
+                        }
                     }
                 }
                 Some(In::StepResult(r)) if !r.finished => {
@@ -266,7 +233,14 @@ impl AgentApi {
         let mut last: Option<pb::DesiredState> = None;
         loop {
             let desired = desired_state(&self.api.node.state(), &host_id);
-            let same = last.as_ref().is_some_and(|l| l.servers == desired.servers);
+            // Sent again when anything but the revision differs (servers, their ports and
+            // rules, networks, tunnel peers, floating IPs, remote ports).
+            let same = last.as_ref().is_some_and(|l| {
+                pb::DesiredState {
+                    revision: l.revision,
+                    ..desired.clone()
+                } == *l
+            });
             if !same {
                 if tx
                     .send(msg(Out::DesiredState(desired.clone())))

@@ -58,7 +58,7 @@ pub fn server(state: &State, s: &Server) -> pb::Server {
         availability_zone: s.availability_zone.clone(),
         locked: s.locked,
         locked_reason: s.locked_reason.clone(),
-        addresses: vec![],
+        addresses: addresses(state, s),
         fault: s.fault.as_ref().map(|f| pb::ServerFault {
             message: f.message.clone(),
             code: tonic::Code::Internal as i32,
@@ -78,6 +78,32 @@ pub fn server(state: &State, s: &Server) -> pb::Server {
             s.current_operation_id.clone()
         },
     }
+}
+
+/// A server's addresses in NIC order: each port's fixed IPs, then the floating IPs mapped to it.
+pub fn addresses(state: &State, s: &Server) -> Vec<pb::ServerAddress> {
+    let mut out = Vec::new();
+    for p in state.server_ports(s) {
+        let network_name = state
+            .network(&p.network_id)
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        let address = |ip: &str, kind: pb::ServerAddressType| pb::ServerAddress {
+            network_id: p.network_id.clone(),
+            network_name: network_name.clone(),
+            port_id: p.id.clone(),
+            ip: ip.to_owned(),
+            mac: p.mac_address.clone(),
+            address_type: kind as i32,
+        };
+        for f in &p.fixed_ips {
+            out.push(address(&f.ip_address, pb::ServerAddressType::Fixed));
+        }
+        for f in state.floating_ips_of_port(&p.id) {
+            out.push(address(&f.address, pb::ServerAddressType::Floating));
+        }
+    }
+    out
 }
 
 pub fn op_state(o: &Operation) -> pb::OperationState {

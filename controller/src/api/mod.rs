@@ -10,6 +10,7 @@ pub mod compute_convert;
 #[cfg(test)]
 mod compute_sim_tests;
 pub mod convert;
+mod desired;
 pub mod error;
 mod events;
 mod flavor;
@@ -27,6 +28,7 @@ mod quota;
 mod rbac_tests;
 mod server_groups;
 mod server_moves;
+mod server_network;
 mod servers;
 pub mod token;
 mod tokens;

@@ -94,7 +94,8 @@ pub fn add(state: &State, ratios: &AllocationRatios, duties: &mut Duties) {
         use pb::agent_command::Payload;
         match op.step.as_str() {
             PREPARE if !op.cancel_requested => {
-                let server = super::agents::desired_server(s, m.destination_generation, true);
+                let server =
+                    super::agents::desired_server(state, s, m.destination_generation, true);
                 let prepare = pb::PrepareMigrationCommand {
                     server: Some(server),
                     source_host: name(&m.source_host_id).unwrap_or_default(),

@@ -121,7 +121,11 @@ fn network_filter(state: &State, p: &Principal, key: &str) -> Result<Option<Stri
     Ok(Some(find_network(state, p, key)?.id.clone()))
 }
 
-fn find_network<'s>(state: &'s State, p: &Principal, key: &str) -> Result<&'s Network, Status> {
+pub(super) fn find_network<'s>(
+    state: &'s State,
+    p: &Principal,
+    key: &str,
+) -> Result<&'s Network, Status> {
     resolve(
         "network",
         key,
@@ -152,7 +156,11 @@ fn find_subnet<'s>(state: &'s State, p: &Principal, key: &str) -> Result<&'s Sub
     )
 }
 
-fn find_port<'s>(state: &'s State, p: &Principal, key: &str) -> Result<&'s Port, Status> {
+pub(super) fn find_port<'s>(
+    state: &'s State,
+    p: &Principal,
+    key: &str,
+) -> Result<&'s Port, Status> {
     resolve(
         "port",
         key,
@@ -165,7 +173,7 @@ fn find_port<'s>(state: &'s State, p: &Principal, key: &str) -> Result<&'s Port,
 }
 
 /// Floating IPs are named by id or by address.
-fn find_floating_ip<'s>(
+pub(super) fn find_floating_ip<'s>(
     state: &'s State,
     p: &Principal,
     key: &str,
@@ -260,7 +268,7 @@ fn status(up: bool) -> i32 {
     }
 }
 
-fn network_type_to_pb(t: NetworkType) -> i32 {
+pub(super) fn network_type_to_pb(t: NetworkType) -> i32 {
     (match t {
         NetworkType::Vxlan => pb::NetworkType::Vxlan,
         NetworkType::Flat => pb::NetworkType::Flat,
@@ -329,12 +337,19 @@ pub fn subnet(s: &Subnet) -> pb::Subnet {
     }
 }
 
-pub fn port(p: &Port) -> pb::Port {
-    let st = if !p.admin_state_up || p.host.is_empty() {
-        pb::NetworkResourceStatus::Down
-    } else {
+/// A port as users see it: its host is its server's owner host, and it is ACTIVE once that
+/// host's agent reported it wired (DOWN before, after a move until the new host reports it,
+/// while the host is down, and when unbound or administratively down).
+pub fn port(state: &State, p: &Port) -> pb::Port {
+    let st = if p.admin_state_up && state.port_wired(p) {
         pb::NetworkResourceStatus::Active
+    } else {
+        pb::NetworkResourceStatus::Down
     };
+    let host = state
+        .port_host(p)
+        .map(|h| h.info.hostname.clone())
+        .unwrap_or_default();
     pb::Port {
         id: p.id.clone(),
         network_id: p.network_id.clone(),
@@ -352,7 +367,7 @@ pub fn port(p: &Port) -> pb::Port {
         security_group_ids: p.security_group_ids.clone(),
         device_owner: p.device_owner.clone(),
         device_id: p.device_id.clone(),
-        host: p.host.clone(),
+        host,
         status: st as i32,
         admin_state_up: p.admin_state_up,
         port_security_enabled: p.port_security_enabled,
@@ -376,7 +391,10 @@ pub fn floating_ip(state: &State, f: &FloatingIp) -> pb::FloatingIp {
         project_id: f.project_id.clone(),
         status: status(port.is_some()),
         server_id,
-        host: port.map(|p| p.host.clone()).unwrap_or_default(),
+        host: port
+            .and_then(|p| state.port_host(p))
+            .map(|h| h.info.hostname.clone())
+            .unwrap_or_default(),
         description: f.description.clone(),
         meta: Some(meta(&f.meta)),
     }
@@ -458,7 +476,7 @@ impl NetworkApi {
 
     fn port_now(&self, p: Port) -> pb::Port {
         let state = self.api.node.state();
-        port(state.port(&p.id).unwrap_or(&p))
+        port(&state, state.port(&p.id).unwrap_or(&p))
     }
 
     fn floating_ip_now(&self, f: FloatingIp) -> pb::FloatingIp {
@@ -839,7 +857,7 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         let state = self.api.read(r.stale).await?;
-        Ok(Response::new(port(find_port(&state, &p, &r.port)?)))
+        Ok(Response::new(port(&state, find_port(&state, &p, &r.port)?)))
     }
 
     async fn list_ports(
@@ -863,7 +881,7 @@ impl NetworkService for NetworkApi {
             |x| x.id.clone(),
         );
         Ok(Response::new(pb::ListPortsResponse {
-            ports: page.into_iter().map(port).collect(),
+            ports: page.into_iter().map(|x| port(&state, x)).collect(),
             next_page_token: next,
         }))
     }

@@ -20,7 +20,7 @@ use super::{
 use crate::scheduler::{self, AllocationRatios};
 use crate::state::{
     validate, Command, FlavorSnapshot, ImageStatus, NewServer, Outcome, Server, ServerRequest,
-    SnapshotSpec, State,
+    SnapshotSpec, State, DEFAULT_GROUP_IDS,
 };
 
 /// Largest user data passed to a guest.
@@ -169,12 +169,6 @@ impl ServerService for ServerApi {
         validate::name("server", &r.name).map_err(Status::invalid_argument)?;
         let metadata: BTreeMap<String, String> = r.metadata.into_iter().collect();
         validate::properties("server", &metadata).map_err(Status::invalid_argument)?;
-        if !r.networks.is_empty() {
-            return Err(Status::unimplemented(
-                "networks and ports on servers are not implemented in this release of Flotilla \
-                 yet; create the server without --network",
-            ));
-        }
         if r.user_data.len() > MAX_USER_DATA {
             return Err(Status::invalid_argument(format!(
                 "user_data is {} bytes; at most {MAX_USER_DATA} are accepted",
@@ -192,7 +186,7 @@ impl ServerService for ServerApi {
                 "permission denied: choosing the host needs the cluster admin role",
             ));
         }
-        let new = {
+        let (new, nics) = {
             let state = self.api.read(false).await?;
             let project_id = p
                 .token
@@ -209,6 +203,8 @@ impl ServerService for ServerApi {
                 .ok_or_else(|| Status::not_found("your token's project no longer exists"))?;
             allow(&p, Action::WriteProject, Some(project))?;
             required("flavor", &r.flavor)?;
+            let nics =
+                super::server_network::nic_templates(&state, &p, &project_id, &r.networks, count)?;
             let flavor = state
                 .flavor(&r.flavor)
                 .filter(|f| p.admin || f.is_public || f.access_project_ids.contains(&project_id))
@@ -257,7 +253,7 @@ impl ServerService for ServerApi {
                     Status::resource_exhausted(none.to_string())
                 }
             })?;
-            placed
+            let placed = placed
                 .into_iter()
                 .enumerate()
                 .map(|(i, host_id)| NewServer {
@@ -278,12 +274,25 @@ impl ServerService for ServerApi {
                     operation_id: new_id(),
                     group_id: group_id.clone(),
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            (placed, nics)
         };
         let op_ids: Vec<String> = new.iter().map(|s| s.operation_id.clone()).collect();
-        let cmd = Command::CreateServers {
-            servers: new,
-            ratios: self.ratios,
+        let cmd = if nics.is_empty() {
+            Command::CreateServers {
+                servers: new,
+                ratios: self.ratios,
+            }
+        } else {
+            Command::CreateServersWithNics {
+                nics: new
+                    .iter()
+                    .map(|_| super::server_network::stamp(&nics))
+                    .collect(),
+                servers: new,
+                ratios: self.ratios,
+                default_group_ids: (0..DEFAULT_GROUP_IDS).map(|_| new_id()).collect(),
+            }
         };
         let servers = match self.api.propose(r.request_id, p.name.clone(), cmd).await? {
             Outcome::Servers(v) => v,
@@ -294,6 +303,33 @@ impl ServerService for ServerApi {
             servers: servers.iter().map(|s| cc::server(&state, s)).collect(),
             operation_ids: op_ids,
         }))
+    }
+
+    async fn add_floating_ip(
+        &self,
+        req: Request<pb::AddFloatingIpRequest>,
+    ) -> Result<Response<pb::FloatingIp>, Status> {
+        let p = principal(&req)?;
+        let f = self.add_floating_ip_to(p, req.into_inner()).await?;
+        Ok(Response::new(f))
+    }
+
+    async fn remove_floating_ip(
+        &self,
+        req: Request<pb::RemoveFloatingIpRequest>,
+    ) -> Result<Response<pb::FloatingIp>, Status> {
+        let p = principal(&req)?;
+        let f = self.remove_floating_ip_from(p, req.into_inner()).await?;
+        Ok(Response::new(f))
+    }
+
+    async fn list_server_ports(
+        &self,
+        req: Request<pb::ListServerPortsRequest>,
+    ) -> Result<Response<pb::ListPortsResponse>, Status> {
+        let p = principal(&req)?;
+        let ports = self.server_ports(p, req.into_inner()).await?;
+        Ok(Response::new(ports))
     }
 
     async fn get_server(

@@ -17,6 +17,7 @@ use super::networks::NetCommand;
 use super::operations::Progress;
 use super::quota::{Amounts, Resource};
 use super::server_groups::ServerGroupSpec;
+use super::server_nics::NicSpec;
 use super::servers::{NewServer, ObservedServer, ServerRequest};
 use crate::scheduler::AllocationRatios;
 
@@ -268,6 +269,21 @@ pub enum Command {
     },
     /// Networks, subnets, ports, floating IPs and security groups (IPAM happens in apply).
     Networking(NetCommand),
+    /// [`Command::CreateServers`] with NICs: `nics[i]` are the NICs of `servers[i]`, created
+    /// or bound in the same apply as the servers are admitted.
+    CreateServersWithNics {
+        servers: Vec<NewServer>,
+        ratios: AllocationRatios,
+        nics: Vec<Vec<NicSpec>>,
+        /// Ids for the project's `default` security group, used when this entry creates it.
+        default_group_ids: Vec<String>,
+    },
+    /// A host's agent's full list of the ports it has wired (observed state).
+    PortsWired {
+        host_id: String,
+        lease_id: u64,
+        port_ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -332,6 +348,8 @@ impl Command {
             Command::StartHostJob { .. } => "start_host_job",
             Command::AdvanceHostJob { .. } => "advance_host_job",
             Command::Networking(c) => c.kind(),
+            Command::CreateServersWithNics { .. } => "create_servers",
+            Command::PortsWired { .. } => "ports_wired",
         }
     }
 }

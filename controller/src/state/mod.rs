@@ -21,6 +21,7 @@ mod projects;
 mod quota;
 mod security_groups;
 mod server_groups;
+mod server_nics;
 mod server_queries;
 mod server_reports;
 mod server_steps;
@@ -61,6 +62,7 @@ pub use security_groups::{
     DEFAULT_GROUP_IDS, NEW_GROUP_RULE_IDS,
 };
 pub use server_groups::{ServerGroup, ServerGroupSpec};
+pub use server_nics::{Nic, NicSpec, COMPUTE_OWNER};
 pub use server_steps::AGENT_UPLOAD;
 pub use servers::{
     BootImage, DesiredPower, Fault, FlavorSnapshot, NewServer, ObservedServer, PowerState, Server,
@@ -69,8 +71,9 @@ pub use servers::{
 
 /// Format of encoded snapshots of [`State`]. 2: identity and quotas were added. 3: images.
 /// 4: hosts, servers, operations. 5: server groups (and each server's group id). 7: networking
-/// (networks, subnets, ports, floating IPs, security groups).
-pub const STATE_FORMAT_VERSION: u8 = 7;
+/// (networks, subnets, ports, floating IPs, security groups). 8: servers' NICs, the ports each
+/// host has wired (a port's host is derived from its server, no longer stored).
+pub const STATE_FORMAT_VERSION: u8 = 8;
 
 /// Events kept for watchers that resume from an old revision.
 pub const EVENT_RETENTION: usize = 20_000;
@@ -222,6 +225,7 @@ impl State {
             | Command::ServerObserved { .. }
             | Command::ServerRequest { .. }
             | Command::RescheduleServer { .. }
+            | Command::CreateServersWithNics { .. }
             | Command::OperationStepResult { .. } => self.apply_server(revision, env),
             Command::MigrationStep { .. }
             | Command::OperationProgress { .. }
@@ -233,6 +237,7 @@ impl State {
                 self.apply_server_group(revision, env)
             }
             Command::Networking(_) => self.apply_networking(revision, env),
+            Command::PortsWired { .. } => self.apply_ports_wired(env),
         };
         let outcome = match result {
             Ok((outcome, Some(change))) => {

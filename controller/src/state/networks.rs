@@ -6,7 +6,7 @@
 //! Ids (and the ids of a project's `default` security group, should this entry create it) are
 //! stamped by the proposer; VNIs, MAC addresses and fixed addresses are chosen here from state
 //! alone, so every replica picks the same.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -123,8 +123,6 @@ pub struct Port {
     pub security_group_ids: Vec<String>,
     pub device_owner: String,
     pub device_id: String,
-    /// Hostname the port is bound to; empty when unbound.
-    pub host: String,
     pub admin_state_up: bool,
     pub port_security_enabled: bool,
     pub meta: Meta,
@@ -355,6 +353,8 @@ pub struct Networking {
     pub(super) rules: BTreeMap<String, SecurityGroupRule>,
     /// Counter behind generated MAC addresses (only ever grows).
     pub(super) next_mac: u32,
+    /// Host id → the existing ports its agent last reported wired (observed state).
+    pub(super) wired: BTreeMap<String, BTreeSet<String>>,
 }
 
 pub(super) fn ok(out: NetOutcome, change: Change<'static>) -> Applied {
@@ -1124,7 +1124,7 @@ impl State {
         ))
     }
 
-    fn create_port(&mut self, revision: u64, t: i64, spec: &PortSpec) -> Applied {
+    pub(super) fn create_port(&mut self, revision: u64, t: i64, spec: &PortSpec) -> Applied {
         check_name("port", &spec.name)?;
         check_description("port", &spec.description)?;
         self.project_enabled(&spec.project_id)?;
@@ -1241,7 +1241,6 @@ impl State {
             security_group_ids,
             device_owner: spec.device_owner.clone(),
             device_id: spec.device_id.clone(),
-            host: String::new(),
             admin_state_up: spec.admin_state_up,
             port_security_enabled: spec.port_security_enabled,
             meta: Meta::new(revision, t),
@@ -1252,7 +1251,7 @@ impl State {
     }
 
     /// Forgets a port: frees its addresses, disassociates its floating IPs, gives back quota.
-    fn remove_port(&mut self, revision: u64, t: i64, p: &Port) {
+    pub(super) fn remove_port(&mut self, revision: u64, t: i64, p: &Port) {
         for ip in &p.fixed_ips {
             if let Some(s) = self.net.subnets.get_mut(&ip.subnet_id) {
                 s.allocated.retain(|_, owner| *owner != p.id);
@@ -1273,6 +1272,10 @@ impl State {
             }
         }
         self.net.ports.remove(&p.id);
+        for wired in self.net.wired.values_mut() {
+            wired.remove(&p.id);
+        }
+        self.net.wired.retain(|_, w| !w.is_empty());
         self.release(&p.project_id, &one(Resource::Ports));
     }
 

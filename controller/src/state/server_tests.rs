@@ -663,3 +663,6 @@ mod move_tests;
 
 #[path = "group_move_tests.rs"]
 mod group_move_tests;
+
+#[path = "server_network_tests.rs"]
+mod server_network_tests;

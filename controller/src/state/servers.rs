@@ -17,6 +17,7 @@ use super::images::{DiskFormat, ImageStatus};
 use super::migrations::{Migration, MoveSpec};
 use super::operations::NewOperation;
 use super::quota::{Resource, ResourceDelta};
+use super::server_nics::{Nic, NicSpec};
 use super::{validate, Change, Command, Envelope, EventAction, Meta, Outcome, Rejection, State};
 use crate::scheduler::{AllocationRatios, HostView, PlacementRequest};
 
@@ -155,6 +156,8 @@ pub struct Server {
     pub meta: Meta,
     /// A live or cold migration under way.
     pub migration: Option<Migration>,
+    /// Its NICs (ports), in the guest's interface order.
+    pub nics: Vec<Nic>,
 }
 
 /// One server of a create, placed by the proposer's scheduler run.
@@ -244,8 +247,14 @@ impl State {
     pub(super) fn apply_server(&mut self, revision: u64, env: &Envelope) -> Applied {
         match &env.command {
             Command::CreateServers { servers, ratios } => {
-                self.create_servers(revision, env, servers, ratios)
+                self.create_servers(revision, env, servers, ratios, &[], &[])
             }
+            Command::CreateServersWithNics {
+                servers,
+                ratios,
+                nics,
+                default_group_ids,
+            } => self.create_servers(revision, env, servers, ratios, nics, default_group_ids),
             Command::ServerObserved {
                 host_id,
                 lease_id,
@@ -276,6 +285,8 @@ impl State {
         env: &Envelope,
         new: &[NewServer],
         ratios: &AllocationRatios,
+        nics: &[Vec<NicSpec>],
+        default_group_ids: &[String],
     ) -> Applied {
         let first = new
             .first()
@@ -348,10 +359,43 @@ impl State {
                 *total.entry(r).or_insert(0) += v;
             }
         }
-        self.charge(&first.project_id, &total)
-            .map_err(|e| Rejection::QuotaExceeded(e.to_string()))?;
+        // NICs next (ports, addresses, the port quota), then the servers' quota: on any
+        // rejection the networking state and the project's usage go back as they were.
+        let mut attached = vec![Vec::new(); new.len()];
+        let saved = (!nics.is_empty()).then(|| {
+            (
+                self.net.clone(),
+                self.quota_usage.get(&first.project_id).cloned(),
+                self.more_changes.len(),
+            )
+        });
+        let admitted = if nics.is_empty() {
+            Ok(())
+        } else {
+            let who: Vec<(String, String, String)> = new
+                .iter()
+                .map(|s| (s.id.clone(), s.project_id.clone(), s.host_id.clone()))
+                .collect();
+            self.attach_nics(revision, env.time_ms, &who, nics, default_group_ids)
+                .map(|a| attached = a)
+        }
+        .and_then(|()| {
+            self.charge(&first.project_id, &total)
+                .map_err(|e| Rejection::QuotaExceeded(e.to_string()))
+        });
+        if let Err(rejection) = admitted {
+            if let Some((net, usage, changes)) = saved {
+                self.net = net;
+                match usage {
+                    Some(u) => self.quota_usage.insert(first.project_id.clone(), u),
+                    None => self.quota_usage.remove(&first.project_id),
+                };
+                self.more_changes.truncate(changes);
+            }
+            return Err(rejection);
+        }
         let mut created = Vec::new();
-        for s in new {
+        for (s, nics) in new.iter().zip(attached) {
             let image = &self.images[&s.image_id];
             let claim = capacity::request_for(&s.flavor, image).claim();
             let server = Server {
@@ -387,6 +431,7 @@ impl State {
                 group_id: s.group_id.clone(),
                 meta: Meta::new(revision, env.time_ms),
                 migration: None,
+                nics,
             };
             self.start_operation(
                 revision,
@@ -632,6 +677,7 @@ impl State {
         self.finish_operation(revision, env, &s.current_operation_id, true, "");
         self.account_host(&s.host_id, s.claim, true);
         self.release(&s.project_id, &s.flavor.quota());
+        self.detach_nics(revision, env, &s);
         self.servers.remove(&s.id);
         self.migrating.remove(&s.id);
         self.index_server(&s.host_id, &s.id, false);
@@ -673,6 +719,7 @@ impl State {
         if old_host.as_ref() != Some(&next.host_id) {
             if let Some(old) = old_host {
                 self.index_server(&old, &next.id, false);
+                self.ports_moved(&next);
             }
             self.index_server(&next.host_id, &next.id, true);
         }

@@ -125,6 +125,14 @@ fn observed(shared: &Shared) -> pb::AgentObserved {
                 error: l.error.clone(),
             })
             .collect(),
+        // The fake wires every port of the servers it holds at once.
+        wired_ports: shared
+            .desired
+            .iter()
+            .flat_map(|d| &d.servers)
+            .filter(|s| shared.local.contains_key(&s.id))
+            .flat_map(|s| s.ports.iter().map(|p| p.port_id.clone()))
+            .collect(),
     }
 }
 
