@@ -11,6 +11,8 @@ pub mod compute_convert;
 mod compute_sim_tests;
 pub mod convert;
 mod desired;
+#[cfg(test)]
+mod desired_tests;
 pub mod error;
 mod events;
 mod flavor;
