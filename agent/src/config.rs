@@ -100,6 +100,9 @@ pub struct AgentConfig {
     /// What the agent does when it loses its lease.
     #[serde(default)]
     pub lease: LeaseConfig,
+    /// Tenant networking on this host; without it no ports are wired.
+    #[serde(default)]
+    pub network: Option<crate::net::config::NetworkConfig>,
 }
 
 /// `[lease]`: what happens when the lease runs out (I7).
@@ -320,6 +323,8 @@ pub struct ValidConfig {
     pub migration: Migration,
     /// Pause running guests while the host holds no valid lease (`[lease] fence_on_loss`).
     pub fence_on_loss: bool,
+    /// `[network]`, checked; `None`: this host wires no ports.
+    pub network: Option<crate::net::config::NetworkConfig>,
 }
 
 /// The checked `[migration]` section.
@@ -391,6 +396,9 @@ impl AgentConfig {
         }
         if self.address.trim().is_empty() {
             return invalid("`address` is required: how other hosts reach this one".into());
+        }
+        if let Some(network) = &self.network {
+            network.validate().map_err(ConfigError::Invalid)?;
         }
         if self.controllers.is_empty() {
             return invalid("`controllers` must list at least one peer address".into());
@@ -516,6 +524,7 @@ impl AgentConfig {
                 progress_interval: Duration::from_millis(self.migration.progress_interval_ms),
             },
             fence_on_loss: self.lease.fence_on_loss,
+            network: self.network,
         })
     }
 }

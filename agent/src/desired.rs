@@ -9,7 +9,10 @@
 //! of the agent's configuration (`[kernels.NAME]`), which QEMU then loads directly (the image is
 //! still `vda`). A name this host does not know is an error for that server.
 //!
-//! NICs: none yet (the desired state carries no ports until networking lands).
+//! NICs: one per port, in the desired state's order, on the integration bridge
+//! (`<interface type='bridge'>` with `<virtualport type='openvswitch'>`, `iface-id` = the port
+//! id): libvirt plugs the guest's tap into the bridge when the domain starts, and the network
+//! reconcile ([`crate::net`]) wires it (local VLAN tag, flows, DHCP) once it sees the interface.
 //!
 //! A server listed with `incoming_migration` (being migrated in) is held: the planner neither
 //! builds, starts nor removes anything of it until ownership moves and the flag is cleared.
@@ -26,7 +29,7 @@ use flotilla_proto::v1 as pb;
 use crate::config::KernelConfig;
 use crate::reconcile::{BaseImage, Desired, DiskLayout, Power, Target};
 use crate::render::domain::{
-    Boot, CpuMode, DiskCache, DiskRole, DiskSpec, Disks, DomainSpec, DomainType,
+    Boot, CpuMode, DiskCache, DiskRole, DiskSpec, Disks, DomainSpec, DomainType, Nic,
 };
 use crate::render::qemu_img::DiskFormat;
 
@@ -48,6 +51,8 @@ pub struct Mapping {
     /// Where console logs go by default: `<console_dir>/<server id>.log`.
     pub console_dir: PathBuf,
     pub kernels: BTreeMap<String, KernelConfig>,
+    /// The Open vSwitch bridge guests' NICs are plugged into (`[network] integration_bridge`).
+    pub integration_bridge: String,
 }
 
 /// A desired state as the planner sees it.
@@ -125,7 +130,7 @@ impl Mapping {
             vcpus: s.vcpus,
             boot: self.boot(s)?,
             disks,
-            nics: Vec::new(),
+            nics: self.nics(s),
             console_log: self.console_log(s)?,
         };
         let domain = spec
@@ -140,6 +145,18 @@ impl Mapping {
             image,
             domain,
         })
+    }
+
+    fn nics(&self, s: &pb::DesiredServer) -> Vec<Nic> {
+        s.ports
+            .iter()
+            .map(|p| Nic::OvsBridge {
+                bridge: self.integration_bridge.clone(),
+                port_id: p.port_id.clone(),
+                mac: p.mac_address.clone(),
+                mtu: (p.mtu != 0).then_some(p.mtu),
+            })
+            .collect()
     }
 
     fn boot(&self, s: &pb::DesiredServer) -> Result<Boot, String> {
@@ -254,6 +271,7 @@ mod tests {
             },
         );
         Mapping {
+            integration_bridge: "br-int".into(),
             domain_type: DomainType::Qemu,
             disk_cache: DiskCache::Writeback,
             layout: DiskLayout::new("/state/disks"),

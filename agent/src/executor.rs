@@ -78,6 +78,8 @@ pub struct Host {
     errors: Mutex<BTreeMap<String, ServerError>>,
     scans: std::sync::atomic::AtomicU64,
     published: Mutex<u64>,
+    /// Ports the network reconcile wired (sorted), sent with every observed state.
+    wired_ports: Mutex<Vec<String>>,
     /// Server id → revision of the desired state in force when its domain was last seen
     /// active (see [`Host::stopped_by_themselves`]).
     seen_active: Mutex<HashMap<String, u64>>,
@@ -161,6 +163,7 @@ impl Host {
             errors: Mutex::new(BTreeMap::new()),
             scans: std::sync::atomic::AtomicU64::new(0),
             published: Mutex::new(0),
+            wired_ports: Mutex::new(Vec::new()),
             seen_active: Mutex::new(HashMap::new()),
             departed: Mutex::new(HashMap::new()),
         }
@@ -330,7 +333,23 @@ impl Host {
         link.publish_observed(pb::AgentObserved {
             desired_revision: desired.map_or(0, |d| d.revision),
             servers: self.report(scan, desired),
+            wired_ports: self.wired_ports.lock().clone(),
         });
+    }
+
+    /// Records the ports the network reconcile has wired and republishes the observed state
+    /// when they changed.
+    pub fn publish_wired(&self, link: &Link, wired: Vec<String>) {
+        let _published = self.published.lock();
+        let mut current = self.wired_ports.lock();
+        if *current == wired {
+            return;
+        }
+        current.clone_from(&wired);
+        if let Some(mut observed) = link.observed() {
+            observed.wired_ports = wired;
+            link.publish_observed(observed);
+        }
     }
 
     /// Scans and publishes now; returns the servers reported (empty when the host cannot be

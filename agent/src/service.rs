@@ -34,6 +34,25 @@ pub enum DriverError {
     Disks(#[from] crate::driver::disks::DiskError),
 }
 
+/// The network reconcile over the host's Open vSwitch, when `[network]` is configured.
+fn network_host(config: &ValidConfig) -> Option<Arc<crate::net::converge::NetworkHost>> {
+    use crate::driver::ovs::{OvsConfig, OvsVsctl};
+    let cfg = config.network.clone()?;
+    let vswitch = match OvsVsctl::new(OvsConfig::with_rundir(&cfg.ovs_rundir)) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("networking is off: Open vSwitch tools are missing: {e}");
+            return None;
+        }
+    };
+    let routers = crate::net::converge::routers_for(&cfg);
+    Some(Arc::new(crate::net::converge::NetworkHost::new(
+        cfg,
+        Arc::new(vswitch),
+        routers,
+    )))
+}
+
 /// The host's drivers and what they say about the hypervisor.
 pub struct Drivers {
     pub hv: Arc<dyn Hypervisor>,
@@ -117,6 +136,10 @@ pub fn start(config: &ValidConfig, drivers: Drivers) -> Running {
         state_dir: config.state_dir.clone(),
         console_dir: config.console_dir(),
         kernels: config.kernels.clone(),
+        integration_bridge: config
+            .network
+            .as_ref()
+            .map_or_else(|| "br-int".to_string(), |n| n.integration_bridge.clone()),
     };
     let fetcher = Arc::new(GrpcFetcher {
         controllers: controllers.clone(),
@@ -178,6 +201,13 @@ pub fn start(config: &ValidConfig, drivers: Drivers) -> Running {
             inbound_tx,
         )),
     ];
+    if let Some(net) = network_host(config) {
+        tasks.push(tokio::spawn(crate::net::task::run(
+            net,
+            host.clone(),
+            link.clone(),
+        )));
+    }
     if config.fence_on_loss {
         tasks.push(tokio::spawn(fence::run(
             host.clone(),

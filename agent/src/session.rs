@@ -358,10 +358,16 @@ impl Session<'_> {
             .borrow_and_update()
             .as_ref()
             .map_or(0, |o| o.desired_revision);
-        let mut last_sent = scanned.clone();
+        let wired = self
+            .link
+            .observed()
+            .map(|o| o.wired_ports)
+            .unwrap_or_default();
+        let mut last_sent = (scanned.clone(), wired.clone());
         let first = pb::AgentObserved {
             desired_revision: revision,
             servers: scanned,
+            wired_ports: wired,
         };
         if tx.send(msg(In::Observed(first))).await.is_err() {
             return Ended::Lost("the stream closed".into());
@@ -381,8 +387,9 @@ impl Session<'_> {
                         continue;
                     }
                     let current = observed_rx.borrow_and_update().clone();
-                    if let Some(o) = current.filter(|o| o.servers != last_sent) {
-                        last_sent = o.servers.clone();
+                    let sent = |o: &pb::AgentObserved| (o.servers.clone(), o.wired_ports.clone());
+                    if let Some(o) = current.filter(|o| sent(o) != last_sent) {
+                        last_sent = sent(&o);
                         if tx.send(msg(In::Observed(o))).await.is_err() {
                             return Ended::Lost("the stream closed".into());
                         }
