@@ -585,3 +585,91 @@ async fn evacuate_warns_that_local_disks_are_lost_and_a_failure_exits_1() {
         ]
     );
 }
+
+#[tokio::test]
+async fn create_sends_the_networks_in_order_then_the_ports() {
+    let c = Compute::start().await;
+    let run = flotilla(
+        &c.endpoint(),
+        &[
+            "server",
+            "create",
+            "web",
+            "--flavor",
+            "f",
+            "--image",
+            "i",
+            "--port",
+            "p1",
+            "--network",
+            "net1",
+            "--network",
+            "net2,fixed-ip=10.1.0.9",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    use v1::server_network_request::Target;
+    let nics: Vec<(Option<Target>, String)> = c.rec.lock().unwrap().creates[0]
+        .networks
+        .iter()
+        .map(|n| (n.target.clone(), n.fixed_ip.clone()))
+        .collect();
+    assert_eq!(
+        nics,
+        [
+            (Some(Target::Network("net1".into())), String::new()),
+            (Some(Target::Network("net2".into())), "10.1.0.9".into()),
+            (Some(Target::Port("p1".into())), String::new()),
+        ]
+    );
+    let bad = flotilla(
+        &c.endpoint(),
+        &[
+            "server",
+            "create",
+            "web",
+            "--flavor",
+            "f",
+            "--image",
+            "i",
+            "--network",
+            "n,v4=1",
+        ],
+    )
+    .await;
+    assert_ne!(bad.code, 0);
+    assert!(bad.err.contains("fixed-ip"), "{}", bad.err);
+}
+
+#[tokio::test]
+async fn floating_ips_are_added_with_their_fixed_address_and_a_refusal_exits_non_zero() {
+    let c = Compute::start().await;
+    let run = flotilla(
+        &c.endpoint(),
+        &[
+            "server",
+            "add",
+            "floating",
+            "ip",
+            "web",
+            "172.24.4.10",
+            "--fixed-ip-address",
+            "10.0.0.7",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert_eq!(
+        c.rec.lock().unwrap().floating,
+        [("web".into(), "172.24.4.10".into(), "10.0.0.7".into())]
+    );
+    assert!(run.out.contains("172.24.4.10"), "{}", run.out);
+    let run = flotilla(
+        &c.endpoint(),
+        &["server", "remove", "floating", "ip", "web", "172.24.4.10"],
+    )
+    .await;
+    assert_ne!(run.code, 0);
+    assert!(run.err.contains("not associated"), "{}", run.err);
+}

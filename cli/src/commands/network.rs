@@ -2,7 +2,9 @@
 //! served by NetworkService. Names follow the OpenStack client where it has one.
 
 use clap::{Args, Subcommand};
-use flotilla_proto::v1::{self, network_service_client::NetworkServiceClient};
+use flotilla_proto::v1::{
+    self, network_service_client::NetworkServiceClient, server_service_client::ServerServiceClient,
+};
 
 use super::{all_pages, for_each_name, Ctx, Io};
 use crate::client::new_request_id;
@@ -439,8 +441,9 @@ pub enum PortCmd {
     List {
         #[arg(long)]
         network: Option<String>,
-        /// Ports of this server (its id).
-        #[arg(long, value_name = "SERVER_ID")]
+        /// The ports (NICs) of this server (id or name), in NIC order.
+        #[arg(long, value_name = "SERVER",
+              conflicts_with_all = ["network", "device_owner", "all_projects", "project"])]
         server: Option<String>,
         #[arg(long)]
         device_owner: Option<String>,
@@ -539,10 +542,32 @@ pub async fn port(cmd: PortCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliErr
             all_projects,
             project,
         } => {
+            if let Some(server) = server {
+                let base = v1::ListServerPortsRequest {
+                    server,
+                    stale: ctx.stale,
+                    ..Default::default()
+                };
+                let items = all_pages(|page_token| {
+                    let mut request = base.clone();
+                    request.page_token = page_token;
+                    async move {
+                        let page = ctx
+                            .conn
+                            .call(request, |ch, req| async move {
+                                ServerServiceClient::new(ch).list_server_ports(req).await
+                            })
+                            .await?;
+                        Ok((page.ports, page.next_page_token))
+                    }
+                })
+                .await?;
+                let views: Vec<PortView> = items.into_iter().map(Into::into).collect();
+                return io.print(&output::list(ctx.format, &views)?);
+            }
             let base = v1::ListPortsRequest {
                 all_projects,
                 network: network.unwrap_or_default(),
-                device_id: server.unwrap_or_default(),
                 project: project.unwrap_or_default(),
                 device_owner: device_owner.unwrap_or_default(),
                 stale: ctx.stale,

@@ -5,6 +5,7 @@
 
 mod group;
 mod moves;
+mod nics;
 mod wait;
 
 use std::path::PathBuf;
@@ -80,6 +81,12 @@ pub enum ServerCmd {
     /// Rebuild a server of a DOWN host on another host (admins). Its local disk contents are
     /// lost: it is rebuilt from its image, keeping its id, name, ports and IP addresses.
     Evacuate(moves::EvacuateArgs),
+    /// Add to a server: `server add floating ip SERVER FLOATING_IP`.
+    #[command(subcommand)]
+    Add(nics::AddCmd),
+    /// Remove from a server: `server remove floating ip SERVER FLOATING_IP`.
+    #[command(subcommand)]
+    Remove(nics::RemoveCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +148,15 @@ pub struct CreateArgs {
     /// Place on this host, id or hostname (admins only; still subject to its capacity).
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
+    /// A NIC: a new port on this network (id or name), deleted with the server; with
+    /// `,fixed-ip=ADDRESS` at that address (repeatable; NICs in order, before the --port ones).
+    #[arg(long = "network", value_name = "NETWORK[,fixed-ip=ADDRESS]",
+          value_parser = nics::parse_network)]
+    pub networks: Vec<v1::ServerNetworkRequest>,
+    /// A NIC: this existing unused port of the project (id or name), unbound and kept when the
+    /// server is deleted (repeatable; one server only).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<String>,
     /// Metadata KEY=VALUE (repeatable).
     #[arg(long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
@@ -458,6 +474,8 @@ pub async fn run(cmd: ServerCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliEr
         ServerCmd::Group(cmd) => group::run(cmd, ctx, io).await,
         ServerCmd::Migrate(a) => moves::migrate(a, ctx, io).await,
         ServerCmd::Evacuate(a) => moves::evacuate(a, ctx, io).await,
+        ServerCmd::Add(cmd) => nics::add(cmd, ctx, io).await,
+        ServerCmd::Remove(cmd) => nics::remove(cmd, ctx, io).await,
         ServerCmd::Diagnostics { server } => {
             let request = v1::GetDiagnosticsRequest { server };
             let diagnostics = ctx
@@ -484,7 +502,7 @@ async fn create(a: CreateArgs, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliErro
         image: a.image,
         availability_zone: a.availability_zone.unwrap_or_default(),
         server_group: a.group.unwrap_or_default(),
-        networks: Vec::new(),
+        networks: nics::nics(a.networks, a.ports),
         min_count: 0,
         max_count: a.count,
         metadata: a.properties.into_iter().collect(),

@@ -56,6 +56,8 @@ pub struct Record {
     /// Migrations and evacuations of servers, with their options.
     pub moves: Vec<String>,
     pub name_lookups: Vec<String>,
+    /// (server, floating IP, fixed address) of every AddFloatingIp.
+    pub floating: Vec<(String, String, String)>,
 }
 
 #[derive(Default)]
@@ -444,6 +446,41 @@ impl ServerService for Fake {
             output: "login: \r\n\u{1b}]0;pwned\u{7}cirros\r\n".into(),
             truncated: true,
         }))
+    }
+
+    async fn add_floating_ip(
+        &self,
+        request: Request<v1::AddFloatingIpRequest>,
+    ) -> Result<Response<v1::FloatingIp>, Status> {
+        let r = request.into_inner();
+        self.rec.lock().unwrap().floating.push((
+            r.server.clone(),
+            r.floating_ip.clone(),
+            r.fixed_address.clone(),
+        ));
+        Ok(Response::new(v1::FloatingIp {
+            id: "fip-1".into(),
+            floating_ip_address: r.floating_ip,
+            fixed_ip_address: if r.fixed_address.is_empty() {
+                "10.0.0.5".into()
+            } else {
+                r.fixed_address
+            },
+            port_id: "port-1".into(),
+            server_id: r.server,
+            ..Default::default()
+        }))
+    }
+
+    async fn remove_floating_ip(
+        &self,
+        request: Request<v1::RemoveFloatingIpRequest>,
+    ) -> Result<Response<v1::FloatingIp>, Status> {
+        let r = request.into_inner();
+        Err(Status::failed_precondition(format!(
+            "floating IP {} is not associated with server {:?}",
+            r.floating_ip, r.server
+        )))
     }
 
     async fn get_diagnostics(
