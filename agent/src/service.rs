@@ -176,6 +176,12 @@ pub fn start(config: &ValidConfig, drivers: Drivers) -> Running {
             cpu_model: config.cpu_model.clone(),
             availability_zone: config.availability_zone.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            tunnel_address: config
+                .network
+                .as_ref()
+                .and_then(|n| n.tunnel_local_ip)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
             ..Default::default()
         };
         Arc::new(move || {

@@ -7,6 +7,13 @@
 //! a distinct host UUID, QEMU migrating on the host's address). See the recipe
 //! `/work/shared/recipes/two-hosts.sh`.
 //!
+//! With networking ([`TwoHosts::start_with_networking`]) each host also runs its own
+//! ovsdb-server and ovs-vswitchd (userspace datapath, `/run/openvswitch` bind-mounted from the
+//! host's directory so libvirt's `ovs-vsctl` reaches it) with `br-phy` holding a second veth and
+//! the host's tunnel address (VXLAN underlay, its own bridge), and `br-ex` holding a third veth
+//! on an "external" segment shared with an `external` namespace (the outside world of floating
+//! IPs). `/run/netns` is private per host too, so each agent's router namespaces are its own.
+//!
 //! Like a test fixture, setup panics (with the failing command's output) when something it
 //! needs does not work; check [`missing_prerequisite`] first. Needs root.
 //!
@@ -105,6 +112,8 @@ fn run_quiet(program: &str, args: &[&str]) {
 pub struct Host {
     pub name: String,
     pub netns: String,
+    /// VXLAN endpoint on `br-phy` (with networking).
+    pub tunnel_address: Option<String>,
     /// The host end of the veth on the bridge (set it down to cut the host off).
     pub veth: String,
     pub address: String,
@@ -149,6 +158,52 @@ impl Host {
         );
     }
 
+    /// The pid of the host's libvirtd: its namespaces are the host's (`nsenter -t`).
+    pub fn pid(&self) -> Option<u32> {
+        self.libvirtd.as_ref().map(Child::id)
+    }
+
+    /// Open vSwitch's run directory of this host (with networking).
+    pub fn ovs_dir(&self) -> PathBuf {
+        self.dir.join("ovs")
+    }
+
+    /// Runs a command in the host's network and mount namespaces.
+    pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let pid = self.pid().expect("the host is running").to_string();
+        Command::new("nsenter")
+            .args(["-t", &pid, "-m", "-n", "--", program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("nsenter {program}: {e}"))
+    }
+
+    /// Our own Open vSwitch and the bridges the host's configuration names.
+    fn ovs_script(&self) -> String {
+        let Some(tunnel) = &self.tunnel_address else {
+            return String::new();
+        };
+        format!(
+            "mkdir -p /run/openvswitch /run/netns
+             mount --bind '{ovs}' /run/openvswitch
+             mount --bind '{netns}' /run/netns
+             export OVS_RUNDIR=/run/openvswitch OVS_LOGDIR=/run/openvswitch OVS_DBDIR=/run/openvswitch
+             [ -f /run/openvswitch/conf.db ] || ovsdb-tool create /run/openvswitch/conf.db              /usr/share/openvswitch/vswitch.ovsschema
+             ovsdb-server /run/openvswitch/conf.db --remote=punix:/run/openvswitch/db.sock              --pidfile=/run/openvswitch/ovsdb-server.pid --log-file --detach
+             ovs-vsctl --no-wait init
+             ovs-vswitchd --pidfile=/run/openvswitch/ovs-vswitchd.pid --log-file --detach
+             ovs-vsctl --may-exist add-br br-phy -- set bridge br-phy datapath_type=netdev              -- --may-exist add-port br-phy eth1
+             ovs-vsctl --may-exist add-br br-ex -- set bridge br-ex datapath_type=netdev              -- --may-exist add-port br-ex eth2
+             ip link set eth1 up
+ip link set eth2 up
+             ip addr replace {tunnel}/24 dev br-phy
+ip link set br-phy up
+",
+            ovs = self.ovs_dir().display(),
+            netns = self.dir.join("netns").display(),
+        )
+    }
+
     fn start_daemons(&mut self) {
         let dirs = [
             ("etc", "/etc/libvirt"),
@@ -164,6 +219,7 @@ impl Host {
                 self.dir.join(own).display()
             );
         }
+        script += &self.ovs_script();
         script += &format!(
             "virtlogd -d -f /etc/libvirt/virtlogd.conf -p '{}'\n\
              exec libvirtd --listen -f /etc/libvirt/libvirtd.conf -p '{}'\n",
@@ -270,6 +326,32 @@ impl Host {
         if let Ok(pid) = fs::read_to_string(self.dir.join("virtlogd.pid")) {
             run_quiet("kill", &["-TERM", pid.trim()]);
         }
+        for daemon in ["ovs-vswitchd", "ovsdb-server"] {
+            if let Ok(pid) = fs::read_to_string(self.ovs_dir().join(format!("{daemon}.pid"))) {
+                run_quiet("kill", &["-TERM", pid.trim()]);
+            }
+        }
+    }
+}
+
+/// The "outside world" of floating IPs: a namespace on the hosts' external segment.
+pub struct External {
+    pub netns: String,
+    /// Its address on the segment, and the segment's CIDR.
+    pub address: String,
+    pub cidr: String,
+    bridge: String,
+    veth: String,
+}
+
+impl External {
+    /// Runs a command in the external namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {program}: {e}"))
     }
 }
 
@@ -277,11 +359,24 @@ impl Host {
 pub struct TwoHosts {
     pub bridge: String,
     pub hosts: Vec<Host>,
+    /// With networking: the tunnel underlay's bridge, and the external segment.
+    pub underlay: Option<String>,
+    pub external: Option<External>,
 }
 
 impl TwoHosts {
     /// Sets up the bridge, `hA` and `hB` under `root`, and starts their daemons.
     pub fn start(root: &Path) -> TwoHosts {
+        Self::start_inner(root, false)
+    }
+
+    /// [`Self::start`] plus each host's Open vSwitch, tunnel underlay and external segment
+    /// (see the module doc). Needs openvswitch-switch besides [`missing_prerequisite`].
+    pub fn start_with_networking(root: &Path) -> TwoHosts {
+        Self::start_inner(root, true)
+    }
+
+    fn start_inner(root: &Path, networking: bool) -> TwoHosts {
         let n = std::process::id() % 100_000;
         // A /24 per test process, so parallel runs do not share addresses.
         let net = 20 + std::process::id() % 200;
@@ -289,7 +384,19 @@ impl TwoHosts {
         let mut me = TwoHosts {
             bridge: bridge.clone(),
             hosts: Vec::new(),
+            underlay: networking.then(|| format!("flu{n}")),
+            external: None,
         };
+        if networking {
+            me.external = Some(External {
+                netns: format!("flns{n}ext"),
+                address: format!("10.79.{net}.100"),
+                cidr: format!("10.79.{net}.0/24"),
+                bridge: format!("fle{n}"),
+                veth: format!("flv{n}ext"),
+            });
+            me.setup_segments();
+        }
         run("ip", &["link", "add", &bridge, "type", "bridge"]);
         run(
             "ip",
@@ -313,6 +420,7 @@ impl TwoHosts {
             let host = Host {
                 name: h.to_owned(),
                 netns: format!("flns{n}{h}"),
+                tunnel_address: networking.then(|| format!("10.78.{net}.{}", i + 1)),
                 veth: format!("flv{n}{h}"),
                 address,
                 dir: root.join(h),
@@ -352,9 +460,38 @@ impl TwoHosts {
             );
             run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
             run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-            for d in ["etc", "lib", "run", "cache", "log"] {
+            for d in ["etc", "lib", "run", "cache", "log", "ovs", "netns"] {
                 fs::create_dir_all(host.dir.join(d)).unwrap();
             }
+            if networking {
+                let (underlay, external) = (
+                    me.underlay.clone().unwrap(),
+                    me.external.as_ref().unwrap().bridge.clone(),
+                );
+                let host = me.hosts.last().unwrap();
+                for (dev, root_end, segment) in [
+                    ("eth1", format!("flu{n}{h}"), underlay),
+                    ("eth2", format!("fle{n}{h}"), external),
+                ] {
+                    run(
+                        "ip",
+                        &[
+                            "link",
+                            "add",
+                            &root_end,
+                            "type",
+                            "veth",
+                            "peer",
+                            "name",
+                            dev,
+                            "netns",
+                            &host.netns,
+                        ],
+                    );
+                    run("ip", &["link", "set", &root_end, "master", &segment, "up"]);
+                }
+            }
+            let host = me.hosts.last_mut().unwrap();
             fs::write(
                 host.dir.join("etc/libvirtd.conf"),
                 format!(
@@ -393,12 +530,91 @@ impl TwoHosts {
     }
 }
 
+impl TwoHosts {
+    /// The underlay and external bridges (no addresses in this namespace: only the hosts and
+    /// the external namespace talk on them) and the external namespace.
+    fn setup_segments(&self) {
+        let (underlay, ext) = (
+            self.underlay.as_ref().unwrap(),
+            self.external.as_ref().unwrap(),
+        );
+        for b in [underlay, &ext.bridge] {
+            run("ip", &["link", "add", b, "type", "bridge"]);
+            run("ip", &["link", "set", b, "up"]);
+        }
+        run("ip", &["netns", "add", &ext.netns]);
+        run(
+            "ip",
+            &[
+                "link", "add", &ext.veth, "type", "veth", "peer", "name", "eth0", "netns",
+                &ext.netns,
+            ],
+        );
+        run(
+            "ip",
+            &["link", "set", &ext.veth, "master", &ext.bridge, "up"],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &ext.netns,
+                "addr",
+                "add",
+                &format!("{}/24", ext.address),
+                "dev",
+                "eth0",
+            ],
+        );
+        run("ip", &["-n", &ext.netns, "link", "set", "eth0", "up"]);
+        run("ip", &["-n", &ext.netns, "link", "set", "lo", "up"]);
+    }
+
+    /// Checks, once the hosts run, that tunnel and external traffic stay on our segments.
+    pub fn check_local_routes(&self) {
+        for h in &self.hosts {
+            let Some(peer) = self.hosts.iter().find(|o| o.name != h.name) else {
+                continue;
+            };
+            let to = peer.tunnel_address.as_deref().expect("networking");
+            let out = h.exec("ip", &["-o", "route", "get", to]);
+            let route = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                route.contains("dev br-phy "),
+                "{}: the route to {to} is not br-phy: {route}",
+                h.name
+            );
+        }
+        if let Some(ext) = &self.external {
+            let probe = ext
+                .address
+                .rsplit_once('.')
+                .map(|(p, _)| format!("{p}.50"))
+                .unwrap();
+            let route = run("ip", &["-n", &ext.netns, "-o", "route", "get", &probe]);
+            assert!(route.contains("dev eth0 "), "external: {route}");
+        }
+    }
+}
+
 impl Drop for TwoHosts {
     fn drop(&mut self) {
+        let n = std::process::id() % 100_000;
         for h in &mut self.hosts {
             h.stop();
             run_quiet("ip", &["netns", "del", &h.netns]);
             run_quiet("ip", &["link", "del", &h.veth]);
+            for end in [format!("flu{n}{}", h.name), format!("fle{n}{}", h.name)] {
+                run_quiet("ip", &["link", "del", &end]);
+            }
+        }
+        if let Some(ext) = &self.external {
+            run_quiet("ip", &["netns", "del", &ext.netns]);
+            run_quiet("ip", &["link", "del", &ext.veth]);
+            run_quiet("ip", &["link", "del", &ext.bridge]);
+        }
+        if let Some(u) = &self.underlay {
+            run_quiet("ip", &["link", "del", u]);
         }
         run_quiet("ip", &["link", "del", &self.bridge]);
     }

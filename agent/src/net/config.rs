@@ -16,9 +16,10 @@ pub struct NetworkConfig {
     /// secure) and kept by the agent, its flows all Flotilla's.
     #[serde(default = "default_integration_bridge")]
     pub integration_bridge: String,
-    /// Local end of VXLAN tunnels. The userspace datapath sends tunnel packets by OVS's own
+    /// Local end of VXLAN tunnels, and the address other hosts send them to (registered as the
+    /// host's tunnel address). The userspace datapath sends tunnel packets by OVS's own
     /// routing: the address must be on an OVS bridge (e.g. `br-phy` holding the uplink), which
-    /// the operator sets up. Unset: OVS picks the source by route.
+    /// the operator sets up. Unset: the host's `address`, source picked by route.
     #[serde(default)]
     pub tunnel_local_ip: Option<IpAddr>,
     /// Provider network name (`physical_network`) → the OVS bridge attached to it, e.g.

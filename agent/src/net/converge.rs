@@ -50,8 +50,14 @@ impl Routers for NoRouters {
 }
 
 /// The floating-IP routers of a host with this configuration.
-pub fn routers_for(_cfg: &NetworkConfig) -> Arc<dyn Routers> {
-    Arc::new(NoRouters)
+pub fn routers_for(cfg: &NetworkConfig) -> Arc<dyn Routers> {
+    if cfg.bridge_mappings.is_empty() {
+        Arc::new(NoRouters)
+    } else {
+        Arc::new(crate::net::routers::DriverRouters::real(
+            cfg.bridge_mappings.clone(),
+        ))
+    }
 }
 
 /// What one converge did.

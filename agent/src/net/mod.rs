@@ -7,6 +7,7 @@
 //! - [`router`]: per-network router namespaces doing floating-IP NAT, as they should be (pure).
 //! - [`router_linux`]: the router driver (`ip`, `nft`, `sysctl`, `arping`) and the reconcile
 //!   loop; [`router_fake`] its in-memory fake; [`conformance_router`] the suite both pass.
+//! - [`routers`]: the routers as the network reconcile uses them (bridge mappings, plugs).
 //! - [`sg_flows`]: security group rules as OpenFlow matches (pure).
 //! - [`converge`]: the network reconcile (I/O): applies the plans through the drivers.
 //! - [`task`]: runs the network reconcile next to the executor.
@@ -21,5 +22,6 @@ pub mod ovs_plan;
 pub mod router;
 pub mod router_fake;
 pub mod router_linux;
+pub mod routers;
 pub mod sg_flows;
 pub mod task;

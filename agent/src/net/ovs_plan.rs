@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use flotilla_proto::v1 as pb;
-use sha2::{Digest, Sha256};
 
 use crate::driver::ovs::{
     BridgeSpec, CookieMatch, FailMode, Flow, Mac, PortInfo, PortKind, PortSpec, TunnelInfo,
@@ -68,16 +67,11 @@ pub fn tunnel_name(host_id: &str) -> String {
     format!("vx-{}", short(host_id))
 }
 
-/// The network's gateway MAC, the same on every host (a guest's ARP entry for its gateway stays
-/// valid after a live migration): `fa:16:3f:` + 3 bytes of sha256("gw:" + network id).
+/// The network's gateway MAC ([`crate::net::router::gateway_mac`]), the same on every host (a
+/// guest's ARP entry for its gateway stays valid after a live migration).
 pub fn gateway_mac(network_id: &str) -> Mac {
-    derived_mac("gw:", network_id)
-}
-
-/// A MAC derived from an id: `fa:16:3f:` + 3 bytes of sha256(`salt` + id).
-pub fn derived_mac(salt: &str, id: &str) -> Mac {
-    let d = Sha256::digest(format!("{salt}{id}").as_bytes());
-    format!("fa:16:3f:{:02x}:{:02x}:{:02x}", d[0], d[1], d[2])
+    crate::net::router::gateway_mac(network_id)
+        .to_string()
         .parse()
         .expect("a well-formed MAC")
 }

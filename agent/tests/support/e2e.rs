@@ -49,12 +49,28 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &Path, log: &Path) -> Agent {
+        Self::start_in(None, config, log)
+    }
+
+    /// With `host_pid`, in that process's network and mount namespaces (a test host's
+    /// libvirtd: the agent then sees the host's devices, Open vSwitch and `/run/netns`).
+    pub fn start_in(host_pid: Option<u32>, config: &Path, log: &Path) -> Agent {
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
+        let mut cmd = match host_pid {
+            // nsenter execs the agent in place: the child's pid is the agent's.
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", &pid.to_string(), "-m", "-n", "--"])
+                    .arg(env!("CARGO_BIN_EXE_flotilla-agent"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_flotilla-agent")),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info,flotilla_agent=debug")
@@ -170,10 +186,22 @@ impl Api {
     }
 
     pub async fn upload_image(&self, name: &str, content: Vec<u8>) -> pb::Image {
+        self.upload_image_as(name, content, pb::ImageVisibility::Unspecified)
+            .await
+    }
+
+    /// [`Self::upload_image`] with a visibility (public: every project can boot it).
+    pub async fn upload_image_as(
+        &self,
+        name: &str,
+        content: Vec<u8>,
+        visibility: pb::ImageVisibility,
+    ) -> pb::Image {
         let create = pb::CreateImageRequest {
             request_id: request_id(),
             name: name.into(),
             disk_format: pb::ImageDiskFormat::Qcow2 as i32,
+            visibility: visibility as i32,
             ..Default::default()
         };
         let image = self
@@ -343,18 +371,29 @@ pub struct Controller {
 impl Controller {
     /// Starts it under `root` with `compute` as its `[compute]` section, and logs in as admin.
     pub async fn start(root: &Path, hosts: &[&str], compute: &str) -> Controller {
+        Self::start_with_peer(root, hosts, compute, "127.0.0.1").await
+    }
+
+    /// With the peer listener (where agents connect) on `peer_ip`, e.g. the test hosts'
+    /// bridge address for agents running in the hosts' network namespaces.
+    pub async fn start_with_peer(
+        root: &Path,
+        hosts: &[&str],
+        compute: &str,
+        peer_ip: &str,
+    ) -> Controller {
         let tls = root.join("tls");
         write_certs(&GenCertsArgs {
             dir: tls.clone(),
             nodes: vec!["ctl".into()],
             clients: hosts.iter().map(|h| h.to_string()).collect(),
-            sans: vec![],
+            sans: vec![peer_ip.to_string()],
             force: false,
         })
         .expect("certificates");
         let (client, peer) = (
             format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
+            format!("{peer_ip}:{}", free_port()),
         );
         fs::write(root.join("admin-password"), PASSWORD).unwrap();
         let config = format!(

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_agent::driver::libvirt::LibvirtHypervisor;
+use sha2::Digest;
 
 #[allow(unused_imports)] // Each test binary uses a different part.
 pub use flotilla_agent::testbed::libvirt_missing_prerequisite as missing_prerequisite;
@@ -37,12 +38,15 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 
 /// The guest kernel and initramfs, built once per target directory.
 pub fn guest() -> (PathBuf, PathBuf) {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flotilla-test-guest");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/make-guest.sh");
+    // A changed script builds a new guest.
+    let digest = sha2::Sha256::digest(fs::read(&script).expect("make-guest.sh"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("flotilla-test-guest-{}", hex::encode(&digest[..4])));
     let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
     if kernel.is_file() && initrd.is_file() {
         return (kernel, initrd);
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/make-guest.sh");
     let tmp = dir.with_extension(format!("part-{}", std::process::id()));
     let started = Instant::now();
     let out = Command::new("bash")

@@ -1,0 +1,537 @@
+//! Real end to end for tenant networking: an in-process controller, two `flotilla-agent`
+//! processes, each inside its compute host (network + mount namespace with its own libvirtd
+//! and Open vSwitch, VXLAN underlay on `br-phy`, an external segment on `br-ex`; see
+//! [`flotilla_agent::testbed`]), and real guests (`tests/data/make-guest.sh`: DHCP on eth0, an
+//! echo server on TCP 7, a shell on the serial console). Through the gRPC API:
+//!
+//! 1. two guests of one tenant on different hosts get their ports' addresses by DHCP and ping
+//!    each other over VXLAN; a guest of another tenant (same CIDR, own network) reaches neither;
+//! 2. a floating IP makes a guest reachable from the external namespace once a security group
+//!    rule allows it; a rule for TCP 7 opens the echo port, deleting it closes it again;
+//! 3. the guest is live-migrated to the other host and keeps its address, its floating IP and
+//!    its connectivity.
+//!
+//! Prints `timing:` lines. Skipped, with the reason printed, when not root or tools are
+//! missing (CI runs it as root).
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flotilla_agent::testbed::{self as two_hosts, find_tool, TwoHosts};
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::host_service_client::HostServiceClient;
+use flotilla_proto::v1::identity_service_client::IdentityServiceClient;
+use flotilla_proto::v1::network_service_client::NetworkServiceClient;
+use flotilla_proto::v1::server_service_client::ServerServiceClient;
+use support::e2e::*;
+use support::libvirtd::guest;
+use support::wait_for;
+
+const BOOT: Duration = Duration::from_secs(180);
+const NET: Duration = Duration::from_secs(90);
+
+fn agent_config(
+    root: &Path,
+    host: &two_hosts::Host,
+    ctl: &Controller,
+    kernel: &Path,
+    initrd: &Path,
+) -> PathBuf {
+    let state = root.join(format!("agent-{}", host.name));
+    let path = root.join(format!("agent-{}.toml", host.name));
+    fs::write(
+        &path,
+        format!(
+            "hostname = \"{name}\"\naddress = \"{address}\"\ncontrollers = [\"{peer}\"]\n\
+             libvirt_uri = \"{uri}\"\ndomain_type = \"qemu\"\nstate_dir = \"{state}\"\n\
+             reconcile_interval_secs = 2\nshutdown_timeout_secs = 3\ndisk_cache = \"writeback\"\n\n\
+             [tls]\nca = \"{tls}/ca.pem\"\ncert = \"{tls}/{name}.pem\"\nkey = \"{tls}/{name}.key\"\n\n\
+             [capacity]\nvcpus = 4\nram_mib = 2048\ndisk_gib = 20\n\n\
+             [kernels.guest]\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
+             cmdline = \"console=ttyS0 quiet\"\n\n\
+             [network]\ntunnel_local_ip = \"{tunnel}\"\novs_rundir = \"{ovs}\"\n\n\
+             [network.bridge_mappings]\nexternal = \"br-ex\"\n",
+            name = host.name,
+            address = host.address,
+            peer = ctl.peer,
+            uri = host.uri(),
+            state = state.display(),
+            tls = ctl.tls.display(),
+            kernel = kernel.display(),
+            initrd = initrd.display(),
+            tunnel = host.tunnel_address.as_deref().unwrap(),
+            ovs = host.ovs_dir().display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+impl Api {
+    async fn net<T, F, Fut>(&self, what: &str, rpc: F) -> T
+    where
+        F: Fn(NetworkServiceClient<tonic::transport::Channel>, String) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(|ch, t| rpc(NetworkServiceClient::new(ch), t))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    async fn network(&self, name: &str, external: bool) -> pb::Network {
+        let req = pb::CreateNetworkRequest {
+            request_id: request_id(),
+            name: name.into(),
+            external,
+            network_type: if external {
+                pb::NetworkType::Flat as i32
+            } else {
+                0
+            },
+            physical_network: if external {
+                "external".into()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        };
+        self.net("create network", |mut c, t| {
+            let req = authed(req.clone(), &t);
+            async move { c.create_network(req).await }
+        })
+        .await
+    }
+
+    async fn subnet(&self, network: &str, cidr: &str, pool: Option<(&str, &str)>) -> pb::Subnet {
+        let req = pb::CreateSubnetRequest {
+            request_id: request_id(),
+            network: network.into(),
+            name: format!("{network}-v4"),
+            cidr: cidr.into(),
+            allocation_pools: pool
+                .map(|(start, end)| pb::SubnetAllocationPool {
+                    start: start.into(),
+                    end: end.into(),
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        self.net("create subnet", |mut c, t| {
+            let req = authed(req.clone(), &t);
+            async move { c.create_subnet(req).await }
+        })
+        .await
+    }
+
+    async fn rule(
+        &self,
+        direction: pb::SecurityGroupRuleDirection,
+        protocol: &str,
+        port: Option<u32>,
+    ) -> pb::SecurityGroupRule {
+        let req = pb::CreateSecurityGroupRuleRequest {
+            request_id: request_id(),
+            security_group: "default".into(),
+            direction: direction as i32,
+            ethertype: pb::SecurityGroupRuleEthertype::Ipv4 as i32,
+            protocol: protocol.into(),
+            port_range_min: port,
+            port_range_max: port,
+            remote_ip_prefix: "0.0.0.0/0".into(),
+            ..Default::default()
+        };
+        self.net("create rule", |mut c, t| {
+            let req = authed(req.clone(), &t);
+            async move { c.create_security_group_rule(req).await }
+        })
+        .await
+    }
+
+    async fn delete_rule(&self, id: &str) {
+        let req = pb::DeleteSecurityGroupRuleRequest {
+            request_id: request_id(),
+            rule: id.into(),
+        };
+        self.net("delete rule", |mut c, t| {
+            let req = authed(req.clone(), &t);
+            async move { c.delete_security_group_rule(req).await }
+        })
+        .await;
+    }
+
+    async fn boot(&self, name: &str, image: &str, network: &str, host: &str) -> String {
+        let req = pb::CreateServerRequest {
+            request_id: request_id(),
+            name: name.into(),
+            flavor: "e2e".into(),
+            image: image.into(),
+            host: host.into(),
+            networks: vec![pb::ServerNetworkRequest {
+                target: Some(pb::server_network_request::Target::Network(network.into())),
+                fixed_ip: String::new(),
+            }],
+            ..Default::default()
+        };
+        self.call(|ch, t| {
+            let req = authed(req.clone(), &t);
+            async move { ServerServiceClient::new(ch).create_server(req).await }
+        })
+        .await
+        .expect("create server")
+        .servers[0]
+            .id
+            .clone()
+    }
+
+    /// The server's fixed address, once the controller has one.
+    async fn fixed_ip(&self, id: &str) -> String {
+        let s = self.server(id).await.expect("server");
+        s.addresses
+            .iter()
+            .find(|a| a.address_type() == pb::ServerAddressType::Fixed)
+            .map(|a| a.ip.clone())
+            .unwrap_or_else(|| panic!("no fixed address: {s:?}"))
+    }
+
+    async fn add_floating_ip(&self, server: &str) -> String {
+        let req = pb::AddFloatingIpRequest {
+            request_id: request_id(),
+            server: server.into(),
+            ..Default::default()
+        };
+        self.call(|ch, t| {
+            let req = authed(req.clone(), &t);
+            async move { ServerServiceClient::new(ch).add_floating_ip(req).await }
+        })
+        .await
+        .expect("add floating ip")
+        .floating_ip_address
+    }
+
+    async fn wait_host_up(&self, name: &str) {
+        wait_for(NET, "the host to be up", || async {
+            let hosts = self
+                .call(|ch, t| async move {
+                    HostServiceClient::new(ch)
+                        .list_hosts(authed(pb::ListHostsRequest::default(), &t))
+                        .await
+                })
+                .await
+                .expect("hosts")
+                .hosts;
+            let state = hosts.iter().find(|h| h.hostname == name).map(|h| h.state());
+            (state == Some(pb::HostState::Up))
+                .then_some(())
+                .ok_or(format!("{name}: {state:?}"))
+        })
+        .await
+    }
+
+    /// Waits for `needle` on the server's console.
+    async fn wait_console(&self, id: &str, needle: &str, within: Duration) -> String {
+        wait_for(within, needle, || async {
+            let text = self.console(id).await;
+            text.contains(needle)
+                .then_some(text.clone())
+                .ok_or(format!("...{}", tail(&text, 300)))
+        })
+        .await
+    }
+
+    async fn live_migrate(&self, id: &str, host: &str) -> pb::Operation {
+        let req = pb::LiveMigrateServerRequest {
+            request_id: request_id(),
+            server: id.into(),
+            host: host.into(),
+            block_migration: None,
+            timeout_seconds: 120,
+        };
+        let op = self
+            .call(|ch, t| {
+                let req = authed(req.clone(), &t);
+                async move { ServerServiceClient::new(ch).live_migrate_server(req).await }
+            })
+            .await
+            .expect("live migrate")
+            .operation_id;
+        self.wait_operation(&op, BOOT).await
+    }
+}
+
+/// Types a command on the guest's serial console (its shell runs it).
+fn type_on_console(host: &two_hosts::Host, server_id: &str, command: &str) {
+    let out = host.exec(
+        "virsh",
+        &[
+            "-c",
+            "qemu:///system",
+            "dumpxml",
+            &format!("flotilla-{server_id}"),
+        ],
+    );
+    let xml = String::from_utf8_lossy(&out.stdout);
+    let pty = xml
+        .split("<serial type='pty'>")
+        .nth(1)
+        .and_then(|s| s.split("<source path='").nth(1))
+        .and_then(|s| s.split('\'').next())
+        .unwrap_or_else(|| panic!("no serial pty in the domain XML: {xml}"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(pty)
+        .expect("the guest's pty");
+    use std::io::Write;
+    writeln!(f, "{command}").expect("write to the pty");
+}
+
+/// From the guest: `ping` the address until it answers; the marker says how it went.
+async fn guest_pings(api: &Api, host: &two_hosts::Host, id: &str, ip: &str, marker: &str) -> bool {
+    type_on_console(
+        host,
+        id,
+        &format!(
+            "if ping -c 3 -W 2 {ip} >/dev/null; then echo {marker}-OK; else echo {marker}-FAIL; fi"
+        ),
+    );
+    let text = wait_for(NET, marker, || async {
+        let text = api.console(id).await;
+        (text.contains(&format!("{marker}-OK")) || text.contains(&format!("{marker}-FAIL")))
+            .then_some(text.clone())
+            .ok_or(format!("...{}", tail(&text, 200)))
+    })
+    .await;
+    text.contains(&format!("{marker}-OK"))
+}
+
+/// From the external namespace: does `ip` answer a ping?
+fn external_pings(ext: &two_hosts::External, ip: &str) -> bool {
+    ext.exec("ping", &["-c", "1", "-W", "1", ip])
+        .status
+        .success()
+}
+
+/// From the external namespace: does TCP `ip`:7 echo a line back?
+fn external_echo(ext: &two_hosts::External, ip: &str) -> bool {
+    let script = format!(
+        "exec 3<>/dev/tcp/{ip}/7 || exit 1; echo flotilla-echo >&3; timeout 3 head -n 1 <&3"
+    );
+    let out = ext.exec("timeout", &["5", "bash", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).contains("flotilla-echo")
+}
+
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_networks_dhcp_vxlan_isolation_floating_ips_security_groups_and_migration() {
+    if let Some(why) = two_hosts::missing_prerequisite() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    for t in [
+        "ovs-vswitchd",
+        "ovsdb-server",
+        "nsenter",
+        "nft",
+        "arping",
+        "ping",
+    ] {
+        if find_tool(t).is_none() {
+            eprintln!("skipping: {t} is not installed (run deploy/install-deps.sh as root)");
+            return;
+        }
+    }
+    let (kernel, initrd) = guest();
+    let root = tempfile::Builder::new()
+        .prefix("flotilla-e2e-net-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let root = root.path();
+    let mut hosts = TwoHosts::start_with_networking(&root.join("hosts"));
+    hosts.a().connect();
+    hosts.b().connect();
+    hosts.check_local_routes();
+    let bridge_ip = hosts.hosts[0]
+        .address
+        .rsplit_once('.')
+        .map(|(p, _)| format!("{p}.254"))
+        .unwrap();
+    let ctl = Controller::start_with_peer(root, &["hA", "hB"], "", &bridge_ip).await;
+    let api = &ctl.api;
+    let images = root.join("images");
+    fs::create_dir_all(&images).unwrap();
+    let image = api
+        .upload_image_as(
+            "guest-disk",
+            qcow2(&images, "a.qcow2", "64M"),
+            pb::ImageVisibility::Public,
+        )
+        .await;
+    api.create_guest_flavor("e2e").await;
+    let config_a = agent_config(root, &hosts.hosts[0], &ctl, &kernel, &initrd);
+    let config_b = agent_config(root, &hosts.hosts[1], &ctl, &kernel, &initrd);
+    let _agent_a = Agent::start_in(hosts.hosts[0].pid(), &config_a, &root.join("agent-hA.log"));
+    let _agent_b = Agent::start_in(hosts.hosts[1].pid(), &config_b, &root.join("agent-hB.log"));
+    api.wait_host_up("hA").await;
+    api.wait_host_up("hB").await;
+
+    // The external network (admin) and a tenant network.
+    let ext = hosts.external.as_ref().unwrap();
+    let ext_prefix = ext.cidr.trim_end_matches(".0/24").to_string();
+    let ext_net = api.network("public", true).await;
+    api.subnet(
+        &ext_net.id,
+        &ext.cidr,
+        Some((&format!("{ext_prefix}.10"), &format!("{ext_prefix}.50"))),
+    )
+    .await;
+    api.network("tenant-a", false).await;
+    api.subnet("tenant-a", "10.60.0.0/24", None).await;
+
+    // Another tenant with the same CIDR.
+    let other = other_tenant(api).await;
+    other.network("tenant-b", false).await;
+    other.subnet("tenant-b", "10.60.0.0/24", None).await;
+
+    let started = Instant::now();
+    let g1 = api.boot("g1", &image.id, "tenant-a", "hA").await;
+    let g2 = api.boot("g2", &image.id, "tenant-a", "hB").await;
+    let g3 = other.boot("g3", &image.id, "tenant-b", "hA").await;
+    let (ip1, ip2, ip3) = (
+        api.fixed_ip(&g1).await,
+        api.fixed_ip(&g2).await,
+        other.fixed_ip(&g3).await,
+    );
+    for (a, id, ip) in [(api, &g1, &ip1), (api, &g2, &ip2), (&other, &g3, &ip3)] {
+        a.wait_status(id, pb::ServerStatus::Active, BOOT).await;
+        a.wait_console(id, &format!("DHCP-BOUND {ip}"), BOOT).await;
+    }
+    eprintln!(
+        "timing: three guests booted with DHCP addresses in {:.1?}",
+        started.elapsed()
+    );
+
+    // 1. Over VXLAN between the hosts, and tenant isolation.
+    assert!(
+        guest_pings(api, &hosts.hosts[0], &g1, &ip2, "G1-TO-G2").await,
+        "g1 (hA) cannot ping g2 (hB)"
+    );
+    assert!(
+        guest_pings(api, &hosts.hosts[1], &g2, &ip1, "G2-TO-G1").await,
+        "g2 cannot ping g1"
+    );
+    assert!(
+        !guest_pings(&other, &hosts.hosts[0], &g3, &ip1, "G3-TO-G1").await,
+        "another tenant reached g1"
+    );
+    assert!(
+        !guest_pings(&other, &hosts.hosts[0], &g3, &ip2, "G3-TO-G2").await,
+        "another tenant reached g2"
+    );
+
+    // 2. A floating IP; the default group lets nothing in from outside until a rule does.
+    let fip = api.add_floating_ip(&g1).await;
+    assert!(
+        !eventually(Duration::from_secs(8), || external_pings(ext, &fip)),
+        "the default group let ICMP in"
+    );
+    let icmp = api
+        .rule(pb::SecurityGroupRuleDirection::Ingress, "icmp", None)
+        .await;
+    assert!(
+        eventually(NET, || external_pings(ext, &fip)),
+        "the floating IP does not answer"
+    );
+    assert!(!external_echo(ext, &fip), "TCP 7 open without a rule");
+    let tcp7 = api
+        .rule(pb::SecurityGroupRuleDirection::Ingress, "tcp", Some(7))
+        .await;
+    assert!(
+        eventually(NET, || external_echo(ext, &fip)),
+        "the TCP 7 rule did not open the port"
+    );
+    api.delete_rule(&tcp7.id).await;
+    assert!(
+        eventually(NET, || !external_echo(ext, &fip)),
+        "deleting the rule did not close TCP 7"
+    );
+
+    // 3. Live migration keeps address, floating IP and connectivity.
+    let started = Instant::now();
+    let op = api.live_migrate(&g1, "hB").await;
+    assert_eq!(op.state(), pb::OperationState::Succeeded, "{op:?}");
+    eprintln!(
+        "timing: live migration with a port {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(api.fixed_ip(&g1).await, ip1);
+    assert!(
+        eventually(NET, || external_pings(ext, &fip)),
+        "the floating IP is lost after the migration"
+    );
+    assert!(
+        guest_pings(api, &hosts.hosts[1], &g2, &ip1, "G2-TO-G1-AFTER").await,
+        "g2 cannot ping g1 after the migration"
+    );
+    assert!(
+        guest_pings(api, &hosts.hosts[1], &g1, &ip2, "G1-TO-G2-AFTER").await,
+        "g1 cannot ping g2 after the migration"
+    );
+    let _ = icmp;
+}
+
+/// A second project ("other") where admin also has a role; an Api scoped to it.
+async fn other_tenant(api: &Api) -> Api {
+    let project = pb::CreateProjectRequest {
+        request_id: request_id(),
+        name: "other".into(),
+        ..Default::default()
+    };
+    api.call(|ch, t| {
+        let req = authed(project.clone(), &t);
+        async move { IdentityServiceClient::new(ch).create_project(req).await }
+    })
+    .await
+    .expect("create project");
+    let role = pb::AddRoleAssignmentRequest {
+        request_id: request_id(),
+        user: "admin".into(),
+        project: "other".into(),
+        role: "member".into(),
+    };
+    api.call(|ch, t| {
+        let req = authed(role.clone(), &t);
+        async move {
+            IdentityServiceClient::new(ch)
+                .add_role_assignment(req)
+                .await
+        }
+    })
+    .await
+    .expect("role");
+    let login = pb::LoginRequest {
+        user: "admin".into(),
+        password: PASSWORD.into(),
+        project: "other".into(),
+    };
+    let token = IdentityServiceClient::new(api.channel.clone())
+        .login(login)
+        .await
+        .expect("login to other")
+        .into_inner()
+        .token;
+    Api {
+        channel: api.channel.clone(),
+        token,
+    }
+}
