@@ -16,13 +16,13 @@ const RATIOS: AllocationRatios = AllocationRatios {
     disk: 1.0,
 };
 
-struct Sim {
-    state: State,
+pub(super) struct Sim {
+    pub(super) state: State,
     index: u64,
 }
 
 impl Sim {
-    fn ok(&mut self, command: Command) -> Outcome {
+    pub(super) fn ok(&mut self, command: Command) -> Outcome {
         self.index += 1;
         let env = Envelope {
             request_id: String::new(),
@@ -35,7 +35,7 @@ impl Sim {
         out
     }
 
-    fn net(&mut self, c: NetCommand) {
+    pub(super) fn net(&mut self, c: NetCommand) {
         self.ok(Command::Networking(c));
     }
 
@@ -74,7 +74,7 @@ impl Sim {
     }
 }
 
-fn network(id: &str, t: NetworkType, physnet: &str, external: bool) -> NetCommand {
+pub(super) fn network(id: &str, t: NetworkType, physnet: &str, external: bool) -> NetCommand {
     NetCommand::CreateNetwork(NetworkSpec {
         id: id.into(),
         name: id.into(),
@@ -91,7 +91,7 @@ fn network(id: &str, t: NetworkType, physnet: &str, external: bool) -> NetComman
     })
 }
 
-fn subnet(id: &str, network: &str, cidr: &str) -> NetCommand {
+pub(super) fn subnet(id: &str, network: &str, cidr: &str) -> NetCommand {
     NetCommand::CreateSubnet(SubnetSpec {
         id: id.into(),
         network_id: network.into(),
@@ -118,7 +118,7 @@ fn nic(port: &str) -> NicSpec {
 /// Hosts h1..h3 (192.0.2.N), tenant network n1 (10.0.0.0/24), external flat network ext
 /// (172.24.4.0/24); server a on h1 (port pa, 10.0.0.2) with floating IP 172.24.4.2, server b
 /// on h2 (port pb, 10.0.0.3).
-fn cluster() -> Sim {
+pub(super) fn cluster() -> Sim {
     let mut sim = Sim {
         state: State::new(),
         index: 0,

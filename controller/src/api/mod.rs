@@ -31,6 +31,8 @@ mod rbac_tests;
 mod server_groups;
 mod server_moves;
 mod server_network;
+#[cfg(test)]
+mod server_network_tests;
 mod servers;
 pub mod token;
 mod tokens;
