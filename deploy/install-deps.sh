@@ -45,8 +45,10 @@ packages=(build-essential pkg-config ca-certificates curl
     # Tenant networking: Open vSwitch (userspace datapath; the agent's OVS driver and its real
     # test, agent/tests/ovs_real.rs, start their own ovsdb-server and ovs-vswitchd) and nftables
     # (floating-IP NAT in router namespaces); arping announces a floating IP where it moved to;
+    # ethtool turns checksum offload off on the routers' veths (the userspace datapath needs
+    # complete checksums);
     # udhcpc is the DHCP client of the DHCP responder's real test (agent/tests/dhcp_real.rs).
-    openvswitch-switch nftables iproute2 iputils-arping iputils-ping udhcpc)
+    openvswitch-switch nftables iproute2 iputils-arping iputils-ping udhcpc ethtool)
 # Installed at exactly the version apt offers for qemu-system-common (see above).
 pinned=(qemu-utils qemu-system-common qemu-block-extra)
 if ((bench)); then

@@ -25,4 +25,5 @@ pub mod render;
 pub mod service;
 pub mod session;
 pub mod testbed;
+pub mod testbed_ovs;
 pub mod transfer;

@@ -568,6 +568,14 @@ impl TwoHosts {
         );
         run("ip", &["-n", &ext.netns, "link", "set", "eth0", "up"]);
         run("ip", &["-n", &ext.netns, "link", "set", "lo", "up"]);
+        // It plays a machine on a wire: frames leave with complete checksums (a veth would
+        // leave them to the receiver, which Open vSwitch's userspace datapath does not fill in).
+        run(
+            "ip",
+            &[
+                "netns", "exec", &ext.netns, "ethtool", "-K", "eth0", "tx", "off",
+            ],
+        );
     }
 
     /// Checks, once the hosts run, that tunnel and external traffic stay on our segments.

@@ -162,7 +162,14 @@ impl Api {
         .await;
     }
 
-    async fn boot(&self, name: &str, image: &str, network: &str, host: &str) -> String {
+    async fn boot(
+        &self,
+        name: &str,
+        image: &str,
+        network: &str,
+        host: &str,
+        fixed_ip: &str,
+    ) -> String {
         let req = pb::CreateServerRequest {
             request_id: request_id(),
             name: name.into(),
@@ -171,7 +178,7 @@ impl Api {
             host: host.into(),
             networks: vec![pb::ServerNetworkRequest {
                 target: Some(pb::server_network_request::Target::Network(network.into())),
-                fixed_ip: String::new(),
+                fixed_ip: fixed_ip.into(),
             }],
             ..Default::default()
         };
@@ -261,49 +268,68 @@ impl Api {
     }
 }
 
-/// Types a command on the guest's serial console (its shell runs it).
-fn type_on_console(host: &two_hosts::Host, server_id: &str, command: &str) {
-    let out = host.exec(
-        "virsh",
-        &[
-            "-c",
-            "qemu:///system",
-            "dumpxml",
-            &format!("flotilla-{server_id}"),
-        ],
-    );
-    let xml = String::from_utf8_lossy(&out.stdout);
-    let pty = xml
-        .split("<serial type='pty'>")
-        .nth(1)
-        .and_then(|s| s.split("<source path='").nth(1))
-        .and_then(|s| s.split('\'').next())
-        .unwrap_or_else(|| panic!("no serial pty in the domain XML: {xml}"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(pty)
-        .expect("the guest's pty");
-    use std::io::Write;
-    writeln!(f, "{command}").expect("write to the pty");
+/// The guest's serial console pty, held open for the whole test: QEMU only reads what is
+/// typed while the pty is connected, and what the guest prints must be drained (its output is
+/// on the console log anyway) or it would fill the pty and stall the guest's serial port.
+struct Console {
+    pty: fs::File,
+}
+
+impl Console {
+    fn open(host: &two_hosts::Host, server_id: &str) -> Console {
+        let out = host.exec(
+            "virsh",
+            &[
+                "-c",
+                "qemu:///system",
+                "dumpxml",
+                &format!("flotilla-{server_id}"),
+            ],
+        );
+        let xml = String::from_utf8_lossy(&out.stdout);
+        let path = xml
+            .split("<serial type='pty'>")
+            .nth(1)
+            .and_then(|s| s.split("<source path='").nth(1))
+            .and_then(|s| s.split('\'').next())
+            .unwrap_or_else(|| panic!("no serial pty in the domain XML: {xml}"))
+            .to_string();
+        let pty = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("the guest's pty");
+        let mut drain = pty.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while matches!(std::io::Read::read(&mut drain, &mut buf), Ok(n) if n > 0) {}
+        });
+        Console { pty }
+    }
+
+    /// Types a command (the guest's console shell runs it).
+    fn type_line(&mut self, command: &str) {
+        use std::io::Write;
+        writeln!(self.pty, "{command}").expect("write to the pty");
+    }
 }
 
 /// From the guest: `ping` the address until it answers; the marker says how it went.
-async fn guest_pings(api: &Api, host: &two_hosts::Host, id: &str, ip: &str, marker: &str) -> bool {
-    type_on_console(
-        host,
-        id,
-        &format!(
-            "if ping -c 3 -W 2 {ip} >/dev/null; then echo {marker}-OK; else echo {marker}-FAIL; fi"
-        ),
-    );
-    let text = wait_for(NET, marker, || async {
+async fn guest_pings(api: &Api, console: &mut Console, id: &str, ip: &str, marker: &str) -> bool {
+    // The console echoes the typed line: the outcome is a line of its own, never in the echo.
+    console.type_line(&format!(
+        "if ping -c 3 -W 2 {ip} >/dev/null; then echo {marker}-\"OK\"; else echo {marker}-\"FAIL\"; fi"
+    ));
+    let (ok, fail) = (format!("{marker}-OK"), format!("{marker}-FAIL"));
+    wait_for(NET, marker, || async {
         let text = api.console(id).await;
-        (text.contains(&format!("{marker}-OK")) || text.contains(&format!("{marker}-FAIL")))
-            .then_some(text.clone())
+        text.lines()
+            .map(str::trim)
+            .find(|l| *l == ok || *l == fail)
+            .map(|l| l == ok)
             .ok_or(format!("...{}", tail(&text, 200)))
     })
-    .await;
-    text.contains(&format!("{marker}-OK"))
+    .await
 }
 
 /// From the external namespace: does `ip` answer a ping?
@@ -404,9 +430,11 @@ async fn tenant_networks_dhcp_vxlan_isolation_floating_ips_security_groups_and_m
     other.subnet("tenant-b", "10.60.0.0/24", None).await;
 
     let started = Instant::now();
-    let g1 = api.boot("g1", &image.id, "tenant-a", "hA").await;
-    let g2 = api.boot("g2", &image.id, "tenant-a", "hB").await;
-    let g3 = other.boot("g3", &image.id, "tenant-b", "hA").await;
+    let g1 = api.boot("g1", &image.id, "tenant-a", "hA", "").await;
+    let g2 = api.boot("g2", &image.id, "tenant-a", "hB", "").await;
+    let g3 = other
+        .boot("g3", &image.id, "tenant-b", "hA", "10.60.0.50")
+        .await;
     let (ip1, ip2, ip3) = (
         api.fixed_ip(&g1).await,
         api.fixed_ip(&g2).await,
@@ -422,20 +450,23 @@ async fn tenant_networks_dhcp_vxlan_isolation_floating_ips_security_groups_and_m
     );
 
     // 1. Over VXLAN between the hosts, and tenant isolation.
+    let mut con1 = Console::open(&hosts.hosts[0], &g1);
+    let mut con2 = Console::open(&hosts.hosts[1], &g2);
+    let mut con3 = Console::open(&hosts.hosts[0], &g3);
     assert!(
-        guest_pings(api, &hosts.hosts[0], &g1, &ip2, "G1-TO-G2").await,
+        guest_pings(api, &mut con1, &g1, &ip2, "G1-TO-G2").await,
         "g1 (hA) cannot ping g2 (hB)"
     );
     assert!(
-        guest_pings(api, &hosts.hosts[1], &g2, &ip1, "G2-TO-G1").await,
+        guest_pings(api, &mut con2, &g2, &ip1, "G2-TO-G1").await,
         "g2 cannot ping g1"
     );
     assert!(
-        !guest_pings(&other, &hosts.hosts[0], &g3, &ip1, "G3-TO-G1").await,
+        !guest_pings(&other, &mut con3, &g3, &ip1, "G3-TO-G1").await,
         "another tenant reached g1"
     );
     assert!(
-        !guest_pings(&other, &hosts.hosts[0], &g3, &ip2, "G3-TO-G2").await,
+        !guest_pings(&other, &mut con3, &g3, &ip2, "G3-TO-G2").await,
         "another tenant reached g2"
     );
 
@@ -475,16 +506,18 @@ async fn tenant_networks_dhcp_vxlan_isolation_floating_ips_security_groups_and_m
         started.elapsed()
     );
     assert_eq!(api.fixed_ip(&g1).await, ip1);
+    // Its QEMU (and console pty) is on B now.
+    let mut con1 = Console::open(&hosts.hosts[1], &g1);
     assert!(
         eventually(NET, || external_pings(ext, &fip)),
         "the floating IP is lost after the migration"
     );
     assert!(
-        guest_pings(api, &hosts.hosts[1], &g2, &ip1, "G2-TO-G1-AFTER").await,
+        guest_pings(api, &mut con2, &g2, &ip1, "G2-TO-G1-AFTER").await,
         "g2 cannot ping g1 after the migration"
     );
     assert!(
-        guest_pings(api, &hosts.hosts[1], &g1, &ip2, "G1-TO-G2-AFTER").await,
+        guest_pings(api, &mut con1, &g1, &ip2, "G1-TO-G2-AFTER").await,
         "g1 cannot ping g2 after the migration"
     );
     let _ = icmp;

@@ -9,7 +9,6 @@
 //! skips, saying why, otherwise. Every address lives in namespaces this test makes (no route
 //! of the machine is involved; the OVS namespace has no addresses at all) and is removed after.
 use std::fs;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -21,9 +20,7 @@ use flotilla_agent::net::converge::{NetworkHost, NoRouters};
 use flotilla_agent::testbed::find_tool;
 use flotilla_proto::v1 as pb;
 
-#[path = "support/ovs.rs"]
-mod ovs_support;
-use ovs_support::{missing_prerequisite, OvsDaemons};
+use flotilla_agent::testbed_ovs::{enter, missing_prerequisite, Netns, OvsDaemons};
 
 const NET_A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
 const NET_B: &str = "bbbbbbbb-0000-4000-8000-000000000002";
@@ -43,33 +40,6 @@ fn ok(args: &[&str]) {
         "{args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A named network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        let _ = run(&["ip", "netns", "del", &name]);
-        ok(&["ip", "netns", "add", &name]);
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.0]);
-    }
-}
-
-/// Moves the calling thread (and what it spawns from now on) into the namespace.
-fn enter(ns: &str) {
-    let f = fs::File::open(Path::new("/run/netns").join(ns)).expect("the namespace's file");
-    rustix::thread::move_into_link_name_space(
-        f.as_fd(),
-        Some(rustix::thread::LinkNameSpaceType::Network),
-    )
-    .expect("setns");
 }
 
 /// A guest: a namespace whose `eth0` (with the port's MAC) is a veth whose other end is

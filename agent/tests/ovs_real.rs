@@ -18,9 +18,7 @@ use flotilla_agent::driver::ovs::{
 };
 use flotilla_agent::testbed::find_tool;
 
-#[path = "support/ovs.rs"]
-mod ovs_support;
-use ovs_support::{missing_prerequisite, OvsDaemons};
+use flotilla_agent::testbed_ovs::{missing_prerequisite, OvsDaemons};
 
 /// Network devices whose names start with `prefix`.
 fn devices_with_prefix(prefix: &str) -> Vec<String> {

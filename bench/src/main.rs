@@ -13,6 +13,7 @@ mod evacuate;
 mod images;
 mod load;
 mod migrate;
+mod net;
 mod placement;
 
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ enum Cmd {
     /// Live migration between two real libvirt hosts (namespaces) through the control plane,
     /// next to `virsh migrate` by hand on a guest of the same shape (Flotilla only).
     MigrateReal(migrate::MigrateArgs),
+    /// The agent's network reconcile on a real Open vSwitch: port-to-wired time and Open
+    /// vSwitch operations per host change, with many ports already on the host.
+    NetReal(net::NetArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -297,6 +301,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Evacuate(a) => evacuate::main(a).await,
         Cmd::BootReal(a) => boot::run(a).await,
         Cmd::MigrateReal(a) => migrate::run(a).await,
+        Cmd::NetReal(a) => net::run(a).await,
     }
 }
 

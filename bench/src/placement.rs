@@ -117,7 +117,11 @@ pub(crate) async fn sim_agent(
                                 placement_generation: s.placement_generation,
                                 ..Default::default()
                             }).collect();
-                            let o = pb::AgentObserved { desired_revision: d.revision, servers };
+                            let o = pb::AgentObserved {
+                                desired_revision: d.revision,
+                                servers,
+                                wired_ports: Vec::new(),
+                            };
                             if tx.send(pb::AgentMessage { msg: Some(In::Observed(o)) }).await.is_err() { break; }
                         }
                         _ => {}

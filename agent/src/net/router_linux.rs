@@ -43,8 +43,8 @@ pub enum RouterError {
         rule: &'static str,
     },
     #[error(
-        "{} could not be run (deploy/install-deps.sh installs iproute2, nftables, procps and \
-         iputils-arping)", binary.display()
+        "{} could not be run (deploy/install-deps.sh installs iproute2, nftables, procps, \
+         iputils-arping and ethtool)", binary.display()
     )]
     Missing {
         binary: PathBuf,
@@ -284,6 +284,7 @@ pub struct RouterConfig {
     pub nft: PathBuf,
     pub sysctl: PathBuf,
     pub arping: PathBuf,
+    pub ethtool: PathBuf,
     pub timeout: Duration,
 }
 
@@ -305,6 +306,7 @@ impl Default for RouterConfig {
             nft: locate("nft"),
             sysctl: locate("sysctl"),
             arping: locate("arping"),
+            ethtool: locate("ethtool"),
             timeout: Duration::from_secs(10),
         }
     }
@@ -557,6 +559,11 @@ impl RouterDriver for IpRouterDriver {
                     Some(namespace),
                     &["link", "set", "dev", &veth.inside, "up"],
                 )?;
+                // Open vSwitch's userspace datapath reads the peer with a raw socket and does not
+                // complete checksums the kernel left to the "hardware": TCP and UDP from the
+                // router would reach guests (and the outside) with bad checksums.
+                let ethtool = self.config.ethtool.clone();
+                self.exec(m, namespace, &ethtool, &["-K", &veth.inside, "tx", "off"])?;
             }
             Step::SetMac {
                 namespace,

@@ -510,6 +510,18 @@ fn render_nic(x: &mut Xml, nic: &Nic) {
         }
     }
     x.empty("model", &[("type", "virtio")]);
+    if matches!(nic, Nic::OvsBridge { .. }) {
+        // Open vSwitch's userspace datapath reads taps with raw sockets and does not complete
+        // checksums a guest leaves to the "hardware", nor split its large segments: the guest
+        // computes every checksum itself and sends MTU-sized frames.
+        let off = |names: &[&'static str]| -> Vec<(&'static str, &'static str)> {
+            names.iter().map(|n| (*n, "off")).collect()
+        };
+        x.open("driver", &[]);
+        x.empty("host", &off(&["csum", "gso", "tso4", "tso6", "ecn", "ufo"]));
+        x.empty("guest", &off(&["csum", "tso4", "tso6", "ecn", "ufo"]));
+        x.close("driver");
+    }
     if let Some(mtu) = mtu {
         x.empty("mtu", &[("size", &mtu.to_string())]);
     }

@@ -76,6 +76,7 @@ fn registration(r: &pb::AgentRegister) -> Result<HostRegistration, Status> {
     Ok(HostRegistration {
         hostname: r.hostname.clone(),
         address: r.address.clone(),
+        tunnel_address: r.tunnel_address.clone(),
         availability_zone: if r.availability_zone.is_empty() {
             "nova".into()
         } else {

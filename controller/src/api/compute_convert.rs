@@ -209,6 +209,7 @@ pub fn host(state: &State, h: &Host, now_ms: i64) -> pb::Host {
         id: h.id.clone(),
         hostname: h.info.hostname.clone(),
         address: h.info.address.clone(),
+        tunnel_address: h.info.tunnel_endpoint().to_string(),
         state: host_state(h) as i32,
         down_since_ms: h.down_since_ms,
         enabled: h.enabled,

@@ -131,6 +131,7 @@ fn registration(host_id: &str) -> HostRegistration {
     HostRegistration {
         hostname: host_id.into(),
         address: format!("10.0.0.{}", host_id.trim_start_matches('h')),
+        tunnel_address: String::new(),
         availability_zone: "nova".into(),
         hypervisor_type: "qemu".into(),
         hypervisor_version: "8.2".into(),

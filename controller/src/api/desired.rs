@@ -85,7 +85,7 @@ pub fn desired_state(state: &State, host_id: &str) -> pb::DesiredState {
         .map(|h| pb::DesiredTunnelPeer {
             host_id: h.id.clone(),
             hostname: h.info.hostname.clone(),
-            address: h.info.address.clone(),
+            address: h.info.tunnel_endpoint().to_string(),
         })
         .collect();
     let mut remote_ports = Vec::new();
@@ -109,7 +109,7 @@ pub fn desired_state(state: &State, host_id: &str) -> pb::DesiredState {
                 mac_address: p.mac_address.clone(),
                 ip_addresses: p.fixed_ips.iter().map(|f| f.ip_address.clone()).collect(),
                 host_id: owner.id.clone(),
-                tunnel_address: owner.info.address.clone(),
+                tunnel_address: owner.info.tunnel_endpoint().to_string(),
             });
         }
     }

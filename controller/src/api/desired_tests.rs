@@ -164,6 +164,12 @@ pub(super) fn cluster() -> Sim {
             info: HostRegistration {
                 hostname: format!("node{i}"),
                 address: format!("192.0.2.{i}"),
+                // node2 has a separate VXLAN underlay.
+                tunnel_address: if i == 2 {
+                    "198.51.100.2".into()
+                } else {
+                    String::new()
+                },
                 availability_zone: "nova".into(),
                 hypervisor_type: "qemu".into(),
                 hypervisor_version: "7.2".into(),
@@ -248,7 +254,7 @@ fn a_host_gets_its_servers_ports_with_expanded_rules_and_what_reaches_them() {
     assert_eq!(n1.subnets[0].cidr, "10.0.0.0/24");
     let ext = d.networks.iter().find(|n| n.network_id == "ext").unwrap();
     assert_eq!(ext.physical_network, "public");
-    // Every other host is a tunnel peer.
+    // Every other host is a tunnel peer, at its tunnel address (its address when it has none).
     let peers: Vec<(&str, &str, &str)> = d
         .tunnel_peers
         .iter()
@@ -256,7 +262,10 @@ fn a_host_gets_its_servers_ports_with_expanded_rules_and_what_reaches_them() {
         .collect();
     assert_eq!(
         peers,
-        [("h2", "node2", "192.0.2.2"), ("h3", "node3", "192.0.2.3")]
+        [
+            ("h2", "node2", "198.51.100.2"),
+            ("h3", "node3", "192.0.2.3")
+        ]
     );
     assert_eq!(
         d.floating_ips,
@@ -276,7 +285,7 @@ fn a_host_gets_its_servers_ports_with_expanded_rules_and_what_reaches_them() {
             mac_address: pb_port.mac_address.clone(),
             ip_addresses: vec!["10.0.0.3".into()],
             host_id: "h2".into(),
-            tunnel_address: "192.0.2.2".into(),
+            tunnel_address: "198.51.100.2".into(),
         }]
     );
 

@@ -61,6 +61,7 @@ fn register(sim: &mut Sim, id: &str, vcpus: u64) {
         info: HostRegistration {
             hostname: id.into(),
             address: "127.0.0.1".into(),
+            tunnel_address: String::new(),
             availability_zone: "nova".into(),
             hypervisor_type: "qemu".into(),
             hypervisor_version: "7.2".into(),

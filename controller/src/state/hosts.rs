@@ -19,12 +19,26 @@ pub use crate::scheduler::Resources as Capacity;
 pub struct HostRegistration {
     pub hostname: String,
     pub address: String,
+    /// VXLAN endpoint when it is not `address`; empty = `address`.
+    #[serde(default)]
+    pub tunnel_address: String,
     pub availability_zone: String,
     pub hypervisor_type: String,
     pub hypervisor_version: String,
     pub cpu_model: String,
     pub agent_version: String,
     pub capacity: Capacity,
+}
+
+impl HostRegistration {
+    /// Where other hosts send this host's VXLAN traffic.
+    pub fn tunnel_endpoint(&self) -> &str {
+        if self.tunnel_address.is_empty() {
+            &self.address
+        } else {
+            &self.tunnel_address
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

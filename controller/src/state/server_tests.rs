@@ -82,6 +82,7 @@ fn register(hostname: &str, id: &str, vcpus: u64, ram_mib: u64) -> Command {
         info: HostRegistration {
             hostname: hostname.into(),
             address: "10.0.0.1".into(),
+            tunnel_address: String::new(),
             availability_zone: "nova".into(),
             hypervisor_type: "qemu".into(),
             hypervisor_version: "7.2.0".into(),

@@ -1,17 +1,18 @@
-//! A private Open vSwitch for real tests: this test's own ovsdb-server and ovs-vswitchd
+//! Test and benchmark infrastructure, not used by the agent: a private Open vSwitch for real
+//! tests and benchmarks: this test's own ovsdb-server and ovs-vswitchd
 //! (userspace datapath) in a temp directory. Bridges and internal ports of the netdev datapath
 //! are tap devices that outlive ovs-vswitchd, so ovs-vswitchd runs in its own network namespace
 //! (`unshare --net`, or a named one the test made; the drivers reach it through unix sockets,
 //! which namespaces do not separate), and the guard deletes every bridge before it stops both
 //! daemons by pid.
-#![allow(dead_code)]
 use std::fs;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flotilla_agent::driver::ovs::{OvsConfig, OvsVsctl, VSwitch};
-use flotilla_agent::testbed::find_tool;
+use crate::driver::ovs::{OvsConfig, OvsVsctl, VSwitch};
+use crate::testbed::find_tool;
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const TOOLS: &[&str] = &[
@@ -244,4 +245,35 @@ impl Drop for OvsDaemons {
         self.stop("ovs-vswitchd");
         self.stop("ovsdb-server");
     }
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(name: String) -> Netns {
+        run_quiet(&["ip", "netns", "del", &name]);
+        run("ip", &["netns", "add", &name], Path::new("/"));
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        run_quiet(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// Moves the calling thread (and what it spawns from now on) into the namespace.
+pub fn enter(ns: &str) {
+    let f = fs::File::open(Path::new("/run/netns").join(ns)).expect("the namespace's file");
+    rustix::thread::move_into_link_name_space(
+        f.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .expect("setns");
+}
+
+fn run_quiet(args: &[&str]) {
+    let _ = Command::new(args[0]).args(&args[1..]).output();
 }
