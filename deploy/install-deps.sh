@@ -48,7 +48,9 @@ packages=(build-essential pkg-config ca-certificates curl
     # ethtool turns checksum offload off on the routers' veths (the userspace datapath needs
     # complete checksums);
     # udhcpc is the DHCP client of the DHCP responder's real test (agent/tests/dhcp_real.rs).
-    openvswitch-switch nftables iproute2 iputils-arping iputils-ping udhcpc ethtool)
+    openvswitch-switch nftables iproute2 iputils-arping iputils-ping udhcpc ethtool
+    # python3 serves TCP in the routers' real test (agent/tests/router_real.rs).
+    python3)
 # Installed at exactly the version apt offers for qemu-system-common (see above).
 pinned=(qemu-utils qemu-system-common qemu-block-extra)
 if ((bench)); then

@@ -29,32 +29,37 @@ use std::time::{Duration, Instant};
 
 use crate::driver::libvirt::LibvirtHypervisor;
 
-/// Why a private libvirtd with the QEMU driver cannot run here, if it cannot: not root, or
-/// libvirtd, virtlogd, qemu-system-x86_64, qemu-img, unshare or virsh missing.
-pub fn libvirt_missing_prerequisite() -> Option<String> {
+/// Why a real-component test cannot run here, if it cannot: not root (`why_root` says what
+/// needs it), or one of `tools` is not installed.
+pub fn missing_root_or_tools(why_root: &str, tools: &[&str]) -> Option<String> {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let uid = status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().nth(1));
     if uid != Some("0") {
-        return Some("not root (libvirtd with the QEMU driver and tap devices need root)".into());
+        return Some(format!("not root ({why_root})"));
     }
-    for tool in [
-        "libvirtd",
-        "virtlogd",
-        "qemu-system-x86_64",
-        "qemu-img",
-        "unshare",
-        "virsh",
-    ] {
-        if find_tool(tool).is_none() {
-            return Some(format!(
-                "{tool} is not installed (run deploy/install-deps.sh as root)"
-            ));
-        }
-    }
-    None
+    tools
+        .iter()
+        .find(|t| find_tool(t).is_none())
+        .map(|tool| format!("{tool} is not installed (run deploy/install-deps.sh as root)"))
+}
+
+/// Why a private libvirtd with the QEMU driver cannot run here, if it cannot: not root, or
+/// libvirtd, virtlogd, qemu-system-x86_64, qemu-img, unshare or virsh missing.
+pub fn libvirt_missing_prerequisite() -> Option<String> {
+    missing_root_or_tools(
+        "libvirtd with the QEMU driver and tap devices need root",
+        &[
+            "libvirtd",
+            "virtlogd",
+            "qemu-system-x86_64",
+            "qemu-img",
+            "unshare",
+            "virsh",
+        ],
+    )
 }
 
 /// Where `name` is installed: on `PATH`, or in `/usr/sbin`, `/usr/bin`, `/sbin`.

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::driver::ovs::{OvsConfig, OvsVsctl, VSwitch};
-use crate::testbed::find_tool;
+use crate::testbed::{find_tool, missing_root_or_tools};
 
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const TOOLS: &[&str] = &[
@@ -28,20 +28,9 @@ const TOOLS: &[&str] = &[
 
 /// Why a private OVS cannot run here, if it cannot.
 pub fn missing_prerequisite() -> Option<String> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1));
-    if uid != Some("0") {
-        return Some("not root (ovs-vswitchd's netdev bridges are tap devices)".into());
-    }
-    for tool in TOOLS {
-        if find_tool(tool).is_none() {
-            return Some(format!(
-                "{tool} is not installed (run deploy/install-deps.sh as root)"
-            ));
-        }
+    if let Some(why) = missing_root_or_tools("ovs-vswitchd's netdev bridges are tap devices", TOOLS)
+    {
+        return Some(why);
     }
     if !Path::new(SCHEMA).is_file() {
         return Some(format!("{SCHEMA} is missing (openvswitch-common)"));

@@ -15,27 +15,17 @@ use std::time::{Duration, Instant};
 
 use flotilla_agent::net::dhcp::{DhcpInterface, DhcpLease};
 use flotilla_agent::net::dhcp_server::{DhcpServers, DhcpStats};
-use flotilla_agent::testbed::find_tool;
+use flotilla_agent::testbed::{find_tool, missing_root_or_tools};
 
 const CLIENT_MAC: &str = "52:54:00:d4:c0:01";
 const STRANGER_MAC: &str = "52:54:00:d4:c0:99";
 
 /// Why the test cannot run here, if it cannot.
 fn missing_prerequisite() -> Option<String> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1));
-    if uid != Some("0") {
-        return Some("not root (creates a network namespace and a veth pair)".into());
-    }
-    for tool in ["ip", "udhcpc"] {
-        if find_tool(tool).is_none() {
-            return Some(format!("{tool} is not installed (deploy/install-deps.sh)"));
-        }
-    }
-    None
+    missing_root_or_tools(
+        "creates a network namespace and a veth pair",
+        &["ip", "udhcpc"],
+    )
 }
 
 fn tool(name: &str) -> PathBuf {

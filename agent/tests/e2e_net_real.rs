@@ -9,7 +9,9 @@
 //! 2. a floating IP makes a guest reachable from the external namespace once a security group
 //!    rule allows it; a rule for TCP 7 opens the echo port, deleting it closes it again;
 //! 3. the guest is live-migrated to the other host and keeps its address, its floating IP and
-//!    its connectivity.
+//!    its connectivity;
+//! 4. that host dies: both guests are evacuated to the first host, get their addresses again
+//!    and reach each other, and the floating IP answers there.
 //!
 //! Prints `timing:` lines. Skipped, with the reason printed, when not root or tools are
 //! missing (CI runs it as root).
@@ -218,8 +220,8 @@ impl Api {
         .floating_ip_address
     }
 
-    async fn wait_host_up(&self, name: &str) {
-        wait_for(NET, "the host to be up", || async {
+    async fn wait_host(&self, name: &str, want: pb::HostState) {
+        wait_for(NET, "the host state", || async {
             let hosts = self
                 .call(|ch, t| async move {
                     HostServiceClient::new(ch)
@@ -230,7 +232,7 @@ impl Api {
                 .expect("hosts")
                 .hosts;
             let state = hosts.iter().find(|h| h.hostname == name).map(|h| h.state());
-            (state == Some(pb::HostState::Up))
+            (state == Some(want))
                 .then_some(())
                 .ok_or(format!("{name}: {state:?}"))
         })
@@ -317,19 +319,27 @@ impl Console {
 /// From the guest: `ping` the address until it answers; the marker says how it went.
 async fn guest_pings(api: &Api, console: &mut Console, id: &str, ip: &str, marker: &str) -> bool {
     // The console echoes the typed line: the outcome is a line of its own, never in the echo.
-    console.type_line(&format!(
+    let command = format!(
         "if ping -c 3 -W 2 {ip} >/dev/null; then echo {marker}-\"OK\"; else echo {marker}-\"FAIL\"; fi"
-    ));
+    );
     let (ok, fail) = (format!("{marker}-OK"), format!("{marker}-FAIL"));
-    wait_for(NET, marker, || async {
-        let text = api.console(id).await;
-        text.lines()
-            .map(str::trim)
-            .find(|l| *l == ok || *l == fail)
-            .map(|l| l == ok)
-            .ok_or(format!("...{}", tail(&text, 200)))
-    })
-    .await
+    let deadline = Instant::now() + NET;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        // What is typed before the guest's console shell reads (a guest still booting) is
+        // lost: type again until an outcome shows.
+        console.type_line(&command);
+        let typed = Instant::now();
+        while typed.elapsed() < Duration::from_secs(10) {
+            let text = api.console(id).await;
+            if let Some(l) = text.lines().map(str::trim).find(|l| *l == ok || *l == fail) {
+                return l == ok;
+            }
+            last = tail(&text, 200).to_string();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    panic!("no outcome of {marker} on the console: ...{last}");
 }
 
 /// From the external namespace: does `ip` answer a ping?
@@ -408,8 +418,8 @@ async fn tenant_networks_dhcp_vxlan_isolation_floating_ips_security_groups_and_m
     let config_b = agent_config(root, &hosts.hosts[1], &ctl, &kernel, &initrd);
     let _agent_a = Agent::start_in(hosts.hosts[0].pid(), &config_a, &root.join("agent-hA.log"));
     let _agent_b = Agent::start_in(hosts.hosts[1].pid(), &config_b, &root.join("agent-hB.log"));
-    api.wait_host_up("hA").await;
-    api.wait_host_up("hB").await;
+    api.wait_host("hA", pb::HostState::Up).await;
+    api.wait_host("hB", pb::HostState::Up).await;
 
     // The external network (admin) and a tenant network.
     let ext = hosts.external.as_ref().unwrap();
@@ -519,6 +529,52 @@ async fn tenant_networks_dhcp_vxlan_isolation_floating_ips_security_groups_and_m
     assert!(
         guest_pings(api, &mut con1, &g1, &ip2, "G1-TO-G2-AFTER").await,
         "g1 cannot ping g2 after the migration"
+    );
+
+    // 4. Host B dies with both guests: evacuated to A, they keep their addresses (DHCP gives the
+    //    rebuilt guests their ports' addresses again) and the floating IP follows.
+    let died = Instant::now();
+    hosts.hosts[1].power_off();
+    api.wait_host("hB", pb::HostState::Down).await;
+    let evac = pb::EvacuateHostRequest {
+        request_id: request_id(),
+        host: "hB".into(),
+        ..Default::default()
+    };
+    let job = api
+        .call(|ch, t| {
+            let req = authed(evac.clone(), &t);
+            async move { HostServiceClient::new(ch).evacuate_host(req).await }
+        })
+        .await
+        .expect("host evacuate");
+    let done = api.wait_operation(&job.operation_id, BOOT).await;
+    assert_eq!(done.state(), pb::OperationState::Succeeded, "{done:?}");
+    for id in [&g1, &g2] {
+        let s = api.wait_status(id, pb::ServerStatus::Active, BOOT).await;
+        assert_eq!(s.host, "hA");
+    }
+    assert_eq!(
+        (api.fixed_ip(&g1).await, api.fixed_ip(&g2).await),
+        (ip1.clone(), ip2.clone())
+    );
+    let mut con1 = Console::open(&hosts.hosts[0], &g1);
+    let mut con2 = Console::open(&hosts.hosts[0], &g2);
+    assert!(
+        guest_pings(api, &mut con1, &g1, &ip2, "G1-TO-G2-EVACUATED").await,
+        "g1 cannot ping g2 after the evacuation"
+    );
+    assert!(
+        guest_pings(api, &mut con2, &g2, &ip1, "G2-TO-G1-EVACUATED").await,
+        "g2 cannot ping g1 after the evacuation"
+    );
+    assert!(
+        eventually(NET, || external_pings(ext, &fip)),
+        "the floating IP is lost after the evacuation"
+    );
+    eprintln!(
+        "timing: host death to both guests answering on A {:.1?}",
+        died.elapsed()
     );
     let _ = icmp;
 }

@@ -425,7 +425,7 @@ fn converge_wires_guests_with_dhcp_security_groups_and_isolation() {
         .list_ports("br-int")
         .unwrap()
         .iter()
-        .any(|p| p.name.starts_with("fd-bbbbbbbb")));
+        .any(|p| p.name == flotilla_agent::net::ovs_plan::dhcp_port_name(NET_B)));
     drop(restarted);
     drop((g1, g2, g3));
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use flotilla_agent::net::conformance_router::{desired_state, run_router_suite, RouterFixture};
 use flotilla_agent::net::router::{routers_from_desired, RouterSpec, Step};
 use flotilla_agent::net::router_linux::{IpRouterDriver, RouterConfig, RouterReconciler};
-use flotilla_agent::testbed::find_tool;
+use flotilla_agent::testbed::{find_tool, missing_root_or_tools};
 
 const INNER: &str = "FLOTILLA_ROUTER_REAL_INNER";
 const TOOLS: &[&str] = &[
@@ -24,22 +24,7 @@ const TOOLS: &[&str] = &[
 ];
 
 fn missing_prerequisite() -> Option<String> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1));
-    if uid != Some("0") {
-        return Some("not root (network namespaces and nftables need root)".into());
-    }
-    for tool in TOOLS {
-        if find_tool(tool).is_none() {
-            return Some(format!(
-                "{tool} is not installed (run deploy/install-deps.sh)"
-            ));
-        }
-    }
-    None
+    missing_root_or_tools("network namespaces and nftables need root", TOOLS)
 }
 
 /// True inside the isolated run. Outside, runs `test` again isolated (or says why it skips)

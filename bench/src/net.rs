@@ -4,8 +4,9 @@
 //! With N guests' ports already wired on the host, it measures:
 //! - port-to-wired: a new port appears in the desired state with its NIC plugged (as libvirt
 //!   plugs a tap at domain start) → the converge that wires it (flows, tag, DHCP) returns;
-//! - Open vSwitch operations (mutating calls and flows changed) per host change: a port added,
-//!   a port removed, a peer host joining, a remote port appearing;
+//! - Open vSwitch operations (mutating calls / flows changed) per host change: a port added to a
+//!   network the host has, a port removed, the first port of a new network, a peer host joining,
+//!   a remote port appearing;
 //! - a converge with nothing to do (reads only).
 //!
 //! NICs are OVS internal ports carrying the `iface-id`/`attached-mac` libvirt sets: wiring only
@@ -52,15 +53,16 @@ pub async fn run(a: NetArgs) -> Result<()> {
 
 fn measure_all(a: &NetArgs) -> Result<()> {
     println!(
-        "{:>6} {:>9} {:>9} {:>9} | {:>13} {:>13} {:>13} {:>13} | {:>9}",
+        "{:>6} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8}",
         "ports",
         "wire p50",
         "wire p99",
         "wire max",
-        "add: ops/fl",
-        "remove: ops/fl",
-        "peer: ops/fl",
-        "remote: ops/fl",
+        "+port",
+        "-port",
+        "+network",
+        "+peer",
+        "+remote",
         "idle ms"
     );
     for &n in &a.ports {
@@ -125,8 +127,9 @@ impl World {
         }
     }
 
-    fn add_port(&mut self, i: usize) -> String {
-        let net = self.network_of(i);
+    /// Port `i` on network `net` (the one `network_of` gives when `None`).
+    fn add_port(&mut self, i: usize, net: Option<String>) -> String {
+        let net = net.unwrap_or_else(|| self.network_of(i));
         self.ensure_network(&net);
         let port_id = uuid(0xd000_0000, i);
         let net_idx = self
@@ -255,7 +258,7 @@ fn measure(a: &NetArgs, n: usize) -> Result<()> {
     }
     checked(net.converge(&world.desired))?;
     for i in 0..n {
-        let port = world.add_port(i);
+        let port = world.add_port(i, None);
         plug(&db, i, &port)?;
     }
     let all = checked(net.converge(&world.desired))?;
@@ -268,7 +271,8 @@ fn measure(a: &NetArgs, n: usize) -> Result<()> {
     for r in 0..a.rounds {
         let i = n + r;
         let before = world.desired.clone();
-        let port = world.add_port(i);
+        // On a network the host already has.
+        let port = world.add_port(i, Some(world.network_of(0)));
         plug(&db, i, &port)?;
         let started = Instant::now();
         let report = checked(net.converge(&world.desired))?;
@@ -283,6 +287,11 @@ fn measure(a: &NetArgs, n: usize) -> Result<()> {
         let report = checked(net.converge(&world.desired))?;
         remove = (report.ovs_ops, report.flows_changed);
     }
+    // The first port of a network new to the host.
+    let i = n + a.rounds;
+    let port = world.add_port(i, Some(uuid(0xa100_0000, 0)));
+    plug(&db, i, &port)?;
+    let new_net = checked(net.converge(&world.desired))?;
     // A peer host joins.
     world.desired.tunnel_peers.push(pb::DesiredTunnelPeer {
         host_id: uuid(0xb000_0000, a.peers),
@@ -312,12 +321,13 @@ fn measure(a: &NetArgs, n: usize) -> Result<()> {
     wire_ms.sort_by(f64::total_cmp);
     let pct = |q: f64| wire_ms[((wire_ms.len() as f64 - 1.0) * q).round() as usize];
     println!(
-        "{n:>6} {:>7.1}ms {:>7.1}ms {:>7.1}ms | {:>13} {:>13} {:>13} {:>13} | {:>9.1}",
+        "{n:>6} {:>7.1}ms {:>7.1}ms {:>7.1}ms | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>8.1}",
         pct(0.5),
         pct(0.99),
         pct(1.0),
         format!("{}/{}", add.0, add.1),
         format!("{}/{}", remove.0, remove.1),
+        format!("{}/{}", new_net.ovs_ops, new_net.flows_changed),
         format!("{}/{}", peer.ovs_ops, peer.flows_changed),
         format!("{}/{}", remote.ovs_ops, remote.flows_changed),
         ms(idle)

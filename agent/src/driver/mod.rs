@@ -35,7 +35,7 @@ pub mod libvirt;
 pub mod ovs;
 pub mod ovs_fake;
 mod ovs_vsctl;
-mod process;
+pub(crate) mod process;
 
 pub use domain_xml::ServerMeta;
 

@@ -225,7 +225,7 @@ impl VlanTag {
 
 /// A unicast or multicast Ethernet address, printed lowercase with colons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac([u8; 6]);
+pub struct Mac(pub [u8; 6]);
 
 impl Mac {
     pub fn octets(self) -> [u8; 6] {

@@ -154,6 +154,23 @@ impl NetworkHost {
             report.ovs_ops += 1;
         }
         let sync = vs.sync_flows(int_br, cookies(), &plan.flows)?;
+        for f in &sync.added {
+            tracing::debug!(
+                table = f.table,
+                priority = f.priority,
+                "flow + {} {}",
+                f.match_,
+                f.actions
+            );
+        }
+        for f in &sync.deleted {
+            tracing::debug!(
+                table = f.table,
+                priority = f.priority,
+                "flow - {}",
+                f.match_
+            );
+        }
         if !sync.is_noop() {
             report.ovs_ops += 1;
             report.flows_changed += sync.added.len() + sync.deleted.len();

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use flotilla_proto::v1 as pb;
+use sha2::{Digest, Sha256};
 
 use crate::driver::ovs::{
     BridgeSpec, CookieMatch, FailMode, Flow, Mac, PortInfo, PortKind, PortSpec, TunnelInfo,
@@ -50,13 +51,11 @@ pub fn cookies() -> CookieMatch {
     CookieMatch::exact(FLOW_COOKIE)
 }
 
-/// The first 8 hex digits of an id (UUIDs: unique enough per host, and names stay ≤ 15).
+/// 12 hex digits of sha256(id): a device-name-sized tag (`fd-` / `vx-` + 12 = 15 characters,
+/// the Linux limit) that two ids share with negligible probability — a prefix of the id would
+/// not do (ids with a common prefix, such as sequential ones, would collide).
 pub fn short(id: &str) -> String {
-    id.chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(8)
-        .collect::<String>()
-        .to_ascii_lowercase()
+    hex::encode(&Sha256::digest(id.as_bytes())[..6])
 }
 
 pub fn dhcp_port_name(network_id: &str) -> String {
@@ -71,9 +70,6 @@ pub fn tunnel_name(host_id: &str) -> String {
 /// guest's ARP entry for its gateway stays valid after a live migration).
 pub fn gateway_mac(network_id: &str) -> Mac {
     crate::net::router::gateway_mac(network_id)
-        .to_string()
-        .parse()
-        .expect("a well-formed MAC")
 }
 
 /// A router of [`crate::net::router`] as the switch sees it: its internal side on the
@@ -443,7 +439,12 @@ pub fn plan_flows(
                 }
                 plan.tag_fixes.push(PortSpec {
                     name: vif.info.name.clone(),
-                    kind: PortKind::System,
+                    // As it is: only the tag changes.
+                    kind: if vif.info.ovs_type == "internal" {
+                        PortKind::Internal
+                    } else {
+                        PortKind::System
+                    },
                     tag: Some(net.vlan),
                     external_ids: ids,
                 });

@@ -123,9 +123,15 @@ fn topology_gives_each_network_a_vlan_dhcp_port_and_tunnels() {
     let vlans: Vec<u16> = topo.networks.values().map(|n| n.vlan.get()).collect();
     assert_eq!(vlans, vec![1, 2]);
     assert_eq!(topo.int_ports.len(), 2);
-    assert_eq!(topo.int_ports[0].name, "fd-aaaaaaaa");
+    assert!(topo.int_ports.iter().any(|p| p.name == dhcp_port_name(NET)));
+    assert_eq!(dhcp_port_name(NET).len(), 15);
     assert_eq!(topo.tunnels.len(), 1);
-    assert_eq!(topo.tunnels[0].name, "vx-cccccccc");
+    assert_eq!(topo.tunnels[0].name, tunnel_name(PEER));
+    // Ids with a common prefix still get distinct names.
+    assert_ne!(
+        tunnel_name("b0000000-0000-4000-8000-000000000001"),
+        tunnel_name("b0000000-0000-4000-8000-000000000002")
+    );
     assert_eq!(topo.bridges[0].fail_mode, FailMode::Secure);
 }
 
@@ -133,14 +139,17 @@ fn topology_gives_each_network_a_vlan_dhcp_port_and_tunnels() {
 fn vlans_survive_a_restart_and_freed_ones_are_reused() {
     let d = desired();
     // An earlier run gave NET VLAN 7; a gone network held 1.
-    let mut old = vif("fd-aaaaaaaa", "", 3, Some(7));
+    let mut old = vif(&dhcp_port_name(NET), "", 3, Some(7));
     old.external_ids = ids(&[(ROLE_KEY, "dhcp"), (NETWORK_KEY, NET)]);
-    let mut gone = vif("fd-dddddddd", "", 4, Some(1));
+    let mut gone = vif("fd-0123456789ab", "", 4, Some(1));
     gone.external_ids = ids(&[(ROLE_KEY, "dhcp"), (NETWORK_KEY, "dddddddd-0000")]);
     let observed = vec![old, gone];
     let topo = plan_topology(&d, &NetworkConfig::default(), &[], &observed);
     assert_eq!(topo.networks[NET].vlan.get(), 7);
-    assert_eq!(stale_ports(&topo.int_ports, &observed), vec!["fd-dddddddd"]);
+    assert_eq!(
+        stale_ports(&topo.int_ports, &observed),
+        vec!["fd-0123456789ab"]
+    );
     // A guest's port (no flotilla role) is never stale.
     assert!(stale_ports(&topo.int_ports, &[vif("vnet0", "p1", 5, None)]).is_empty());
 }

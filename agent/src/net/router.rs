@@ -122,39 +122,7 @@ impl fmt::Display for Ipv4Cidr {
     }
 }
 
-/// An Ethernet address, printed lowercase with colons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl FromStr for Mac {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut out = [0u8; 6];
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
-            return Err(format!("{s:?} is not a MAC address"));
-        }
-        for (o, p) in out.iter_mut().zip(parts) {
-            if p.len() != 2 {
-                return Err(format!("{s:?} is not a MAC address"));
-            }
-            *o = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
-        }
-        Ok(Mac(out))
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let o = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            o[0], o[1], o[2], o[3], o[4], o[5]
-        )
-    }
-}
+pub use crate::driver::ovs::Mac;
 
 /// The first 8 hex digits of an id, lowercase (`None` when it has fewer).
 pub fn short_id(id: &str) -> Option<String> {

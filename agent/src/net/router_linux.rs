@@ -195,21 +195,13 @@ fn check_namespace(name: &str) -> Result<(), RouterError> {
 }
 
 fn check_dev(name: &str) -> Result<(), RouterError> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && !name.starts_with(['-', '.'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
+    crate::driver::ovs::check_name("device name", name).map_err(|_| {
+        invalid(
             "device name",
             name,
             "must be 1 to 15 of A-Z a-z 0-9 _ . - not starting with - or .",
-        ))
-    }
+        )
+    })
 }
 
 fn check_peer(name: &str) -> Result<(), RouterError> {

@@ -2,10 +2,9 @@
 //! [`super`]).
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -115,60 +114,21 @@ pub(super) enum RunError {
     Failed(String),
 }
 
-/// Runs `binary args…` with stdin closed and `LC_ALL=C`, killed at the deadline; stdout on
-/// success, stderr (or the exit status) on failure.
+/// Runs `binary args…` ([`crate::driver::process::run`]: stdin closed, `LC_ALL=C`, killed at
+/// the deadline); stdout on success, stderr (or the exit status) on failure.
 pub(super) fn run_command(
     binary: &Path,
     args: &[OsString],
     timeout: Duration,
 ) -> Result<Vec<u8>, RunError> {
-    let mut child = Command::new(binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("LC_ALL", "C")
-        .spawn()
-        .map_err(RunError::Spawn)?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.by_ref().take(4 << 20).read_to_end(&mut buf);
-                let _ = io::copy(&mut pipe, &mut io::sink());
-            }
-            buf
-        })
-    };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(RunError::Timeout);
-            }
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(RunError::Spawn(e));
-            }
-        }
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    if status.success() {
-        Ok(stdout)
-    } else {
-        let stderr = String::from_utf8_lossy(&stderr).trim().to_string();
-        Err(RunError::Failed(if stderr.is_empty() {
+    use crate::driver::process::{run, RunError as E};
+    run(binary, args, timeout).map_err(|e| match e {
+        E::Spawn(e) => RunError::Spawn(e),
+        E::Timeout => RunError::Timeout,
+        E::Failed { status, stderr } => RunError::Failed(if stderr.is_empty() {
             status.to_string()
         } else {
             format!("{stderr} ({status})")
-        }))
-    }
+        }),
+    })
 }

@@ -11,7 +11,7 @@ pub fn rejection(r: Rejection) -> Status {
     let msg = r.to_string();
     match r {
         Rejection::NotFound { .. } => Status::not_found(msg),
-        Rejection::AlreadyExists { .. } => Status::already_exists(msg),
+        Rejection::AlreadyExists { .. } | Rejection::Duplicate(_) => Status::already_exists(msg),
         Rejection::Invalid(_) | Rejection::RequestIdReused { .. } => Status::invalid_argument(msg),
         Rejection::FailedPrecondition(_) => Status::failed_precondition(msg),
         Rejection::QuotaExceeded(_) => Status::resource_exhausted(msg),

@@ -472,7 +472,7 @@ fn security_group_rules_are_validated_and_duplicates_refused() {
     }
     assert!(matches!(
         log.rejected(rule("r2", "tcp", Some(22), Some(22), "192.0.2.0/24")),
-        Rejection::AlreadyExists { .. }
+        Rejection::Duplicate(m) if m.contains("already has this rule")
     ));
     for (cmd, why) in [
         (rule("r3", "tcp", Some(80), Some(79), ""), "port range"),

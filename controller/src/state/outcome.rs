@@ -55,6 +55,9 @@ pub enum Rejection {
     },
     #[error("{0}")]
     QuotaExceeded(String),
+    /// Already there, said in words (not a named resource).
+    #[error("{0}")]
+    Duplicate(String),
 }
 
 impl Rejection {

@@ -494,10 +494,10 @@ impl State {
             meta: Meta::new(revision, t),
         };
         if let Some(same) = self.net.rules.values().find(|o| o.same_match(&r)) {
-            return Err(Rejection::AlreadyExists {
-                kind: "security group rule".into(),
-                name: same.id.clone(),
-            });
+            return Err(Rejection::Duplicate(format!(
+                "security group {} already has this rule (rule {})",
+                g.id, same.id
+            )));
         }
         self.charge(&r.project_id, &one(Resource::SecurityGroupRules))
             .map_err(|e| Rejection::QuotaExceeded(e.to_string()))?;
