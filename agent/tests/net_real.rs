@@ -391,6 +391,30 @@ fn converge_wires_guests_with_dhcp_security_groups_and_isolation() {
     assert!(repaired.flows_changed > 20, "{repaired:?}");
     assert!(g1.reaches("10.50.0.12"), "not repaired");
 
+    // A lost DHCP port and a lost tunnel come back (the DHCP port with its VLAN: guests answer).
+    let dhcp_a = flotilla_agent::net::ovs_plan::dhcp_port_name(NET_A);
+    let tunnel = flotilla_agent::net::ovs_plan::tunnel_name(PEER_HOST);
+    let db = format!("--db=unix:{}", ovs.dir.join("db.sock").display());
+    ok(&["ovs-vsctl", &db, "del-port", "br-int", &dhcp_a]);
+    ok(&["ovs-vsctl", &db, "del-port", "br-int", &tunnel]);
+    let back = net.converge(&final_state);
+    assert!(back.errors.is_empty(), "{:?}", back.errors);
+    let ports = vs.list_ports("br-int").unwrap();
+    assert!(
+        ports.iter().any(|p| p.name == dhcp_a && p.tag.is_some()),
+        "{ports:?}"
+    );
+    assert!(vs
+        .list_tunnels("br-int")
+        .unwrap()
+        .iter()
+        .any(|t| t.spec.name == tunnel));
+    assert!(g1.dhcp(&script).is_ok(), "DHCP after the port came back");
+    assert!(
+        g1.reaches("10.50.0.12"),
+        "forwarding after the ports came back"
+    );
+
     // A restarted agent finds its VLANs and changes nothing.
     let tags: Vec<_> = vs
         .list_ports("br-int")
