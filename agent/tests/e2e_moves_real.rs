@@ -16,53 +16,17 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flotilla_agent::driver::{Hypervisor, PowerState};
 use flotilla_agent::testbed::{self as two_hosts, run, TwoHosts};
 use flotilla_proto::v1 as pb;
-use flotilla_proto::v1::host_service_client::HostServiceClient;
 use flotilla_proto::v1::server_service_client::ServerServiceClient;
 use support::e2e::*;
 use support::libvirtd::guest;
 use support::wait_for;
 
 const MOVE: Duration = Duration::from_secs(180);
-
-/// Writes an agent config for `host` and returns its path and state directory.
-fn agent_config(
-    root: &Path,
-    host: &two_hosts::Host,
-    ctl: &Controller,
-    kernel: &Path,
-    initrd: &Path,
-) -> (PathBuf, PathBuf) {
-    let state = root.join(format!("agent-{}", host.name));
-    let path = root.join(format!("agent-{}.toml", host.name));
-    fs::write(
-        &path,
-        format!(
-            "hostname = \"{name}\"\naddress = \"{address}\"\ncontrollers = [\"{peer}\"]\n\
-             libvirt_uri = \"{uri}\"\ndomain_type = \"qemu\"\nstate_dir = \"{state}\"\n\
-             reconcile_interval_secs = 2\nshutdown_timeout_secs = 3\ndisk_cache = \"writeback\"\n\n\
-             [tls]\nca = \"{tls}/ca.pem\"\ncert = \"{tls}/{name}.pem\"\nkey = \"{tls}/{name}.key\"\n\n\
-             [capacity]\nvcpus = 4\nram_mib = 2048\ndisk_gib = 20\n\n\
-             [kernels.guest]\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-             cmdline = \"console=ttyS0 quiet\"\n",
-            name = host.name,
-            address = host.address,
-            peer = ctl.peer,
-            uri = host.uri(),
-            state = state.display(),
-            tls = ctl.tls.display(),
-            kernel = kernel.display(),
-            initrd = initrd.display(),
-        ),
-    )
-    .unwrap();
-    (path, state)
-}
 
 /// The tick numbers on a console text, in order.
 fn ticks(text: &str) -> Vec<u64> {
@@ -72,45 +36,6 @@ fn ticks(text: &str) -> Vec<u64> {
 }
 
 impl Api {
-    async fn hosts(&self) -> Vec<pb::Host> {
-        self.call(|ch, t| async move {
-            HostServiceClient::new(ch)
-                .list_hosts(authed(pb::ListHostsRequest::default(), &t))
-                .await
-        })
-        .await
-        .expect("hosts")
-        .hosts
-    }
-
-    async fn wait_host(&self, name: &str, want: pb::HostState) {
-        wait_for(MOVE, "the host state", || async {
-            let hosts = self.hosts().await;
-            let state = hosts.iter().find(|h| h.hostname == name).map(|h| h.state());
-            (state == Some(want))
-                .then_some(())
-                .ok_or(format!("{name}: {state:?}"))
-        })
-        .await;
-    }
-
-    async fn live_migrate(&self, id: &str, host: &str, timeout_seconds: u32) -> String {
-        let req = pb::LiveMigrateServerRequest {
-            request_id: request_id(),
-            server: id.into(),
-            host: host.into(),
-            block_migration: None,
-            timeout_seconds,
-        };
-        self.call(|ch, t| {
-            let req = authed(req.clone(), &t);
-            async move { ServerServiceClient::new(ch).live_migrate_server(req).await }
-        })
-        .await
-        .expect("live migrate")
-        .operation_id
-    }
-
     async fn power(&self, id: &str, start: bool) {
         let id = id.to_owned();
         self.call(|ch, t| {
@@ -167,12 +92,12 @@ async fn servers_move_live_survive_a_cut_network_and_are_evacuated_off_a_dead_ho
         .await;
     api.create_guest_flavor("e2e").await;
 
-    let (config_a, state_a) = agent_config(root, hosts.a(), &ctl, &kernel, &initrd);
-    let (config_b, state_b) = agent_config(root, hosts.b(), &ctl, &kernel, &initrd);
+    let (config_a, state_a) = agent_config(root, hosts.a(), &ctl, &kernel, &initrd, "");
+    let (config_b, state_b) = agent_config(root, hosts.b(), &ctl, &kernel, &initrd, "");
     let _agent_a = Agent::start(&config_a, &root.join("agent-hA.log"));
     let mut agent_b = Agent::start(&config_b, &root.join("agent-hB.log"));
-    api.wait_host("hA", pb::HostState::Up).await;
-    api.wait_host("hB", pb::HostState::Up).await;
+    api.wait_host("hA", pb::HostState::Up, MOVE).await;
+    api.wait_host("hB", pb::HostState::Up, MOVE).await;
 
     // A server on A, with data written into its disk while it is stopped.
     let create = pb::CreateServerRequest {
@@ -305,23 +230,12 @@ async fn servers_move_live_survive_a_cut_network_and_are_evacuated_off_a_dead_ho
     let died = Instant::now();
     agent_b.kill();
     hosts.b().power_off();
-    api.wait_host("hB", pb::HostState::Down).await;
+    api.wait_host("hB", pb::HostState::Down, MOVE).await;
     eprintln!(
         "timing: host declared down {:.2?} after death",
         died.elapsed()
     );
-    let evac = pb::EvacuateHostRequest {
-        request_id: request_id(),
-        host: "hB".into(),
-        ..Default::default()
-    };
-    let job = api
-        .call(|ch, t| {
-            let req = authed(evac.clone(), &t);
-            async move { HostServiceClient::new(ch).evacuate_host(req).await }
-        })
-        .await
-        .expect("host evacuate");
+    let job = api.evacuate_host("hB").await;
     assert_eq!(job.plan.len(), 1);
     assert_eq!(job.plan[0].destination, "hA");
     let done = api.wait_operation(&job.operation_id, MOVE).await;
@@ -346,7 +260,7 @@ async fn servers_move_live_survive_a_cut_network_and_are_evacuated_off_a_dead_ho
     })
     .await;
     let _agent_b = Agent::start(&config_b, &root.join("agent-hB.log"));
-    api.wait_host("hB", pb::HostState::Up).await;
+    api.wait_host("hB", pb::HostState::Up, MOVE).await;
     wait_for(MOVE, "B's stale copy removed", || async {
         if let Ok(info) = hv_b.info(&name) {
             assert_ne!(

@@ -18,12 +18,10 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flotilla_agent::testbed::{self as two_hosts, find_tool, TwoHosts};
 use flotilla_proto::v1 as pb;
-use flotilla_proto::v1::host_service_client::HostServiceClient;
 use flotilla_proto::v1::identity_service_client::IdentityServiceClient;
 use flotilla_proto::v1::network_service_client::NetworkServiceClient;
 use flotilla_proto::v1::server_service_client::ServerServiceClient;
@@ -34,41 +32,14 @@ use support::wait_for;
 const BOOT: Duration = Duration::from_secs(180);
 const NET: Duration = Duration::from_secs(90);
 
-fn agent_config(
-    root: &Path,
-    host: &two_hosts::Host,
-    ctl: &Controller,
-    kernel: &Path,
-    initrd: &Path,
-) -> PathBuf {
-    let state = root.join(format!("agent-{}", host.name));
-    let path = root.join(format!("agent-{}.toml", host.name));
-    fs::write(
-        &path,
-        format!(
-            "hostname = \"{name}\"\naddress = \"{address}\"\ncontrollers = [\"{peer}\"]\n\
-             libvirt_uri = \"{uri}\"\ndomain_type = \"qemu\"\nstate_dir = \"{state}\"\n\
-             reconcile_interval_secs = 2\nshutdown_timeout_secs = 3\ndisk_cache = \"writeback\"\n\n\
-             [tls]\nca = \"{tls}/ca.pem\"\ncert = \"{tls}/{name}.pem\"\nkey = \"{tls}/{name}.key\"\n\n\
-             [capacity]\nvcpus = 4\nram_mib = 2048\ndisk_gib = 20\n\n\
-             [kernels.guest]\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-             cmdline = \"console=ttyS0 quiet\"\n\n\
-             [network]\ntunnel_local_ip = \"{tunnel}\"\novs_rundir = \"{ovs}\"\n\n\
-             [network.bridge_mappings]\nexternal = \"br-ex\"\n",
-            name = host.name,
-            address = host.address,
-            peer = ctl.peer,
-            uri = host.uri(),
-            state = state.display(),
-            tls = ctl.tls.display(),
-            kernel = kernel.display(),
-            initrd = initrd.display(),
-            tunnel = host.tunnel_address.as_deref().unwrap(),
-            ovs = host.ovs_dir().display(),
-        ),
+/// The `[network]` part of a test host's agent config.
+fn network_config(host: &two_hosts::Host) -> String {
+    format!(
+        "[network]\ntunnel_local_ip = \"{tunnel}\"\novs_rundir = \"{ovs}\"\n\n\
+         [network.bridge_mappings]\nexternal = \"br-ex\"\n",
+        tunnel = host.tunnel_address.as_deref().unwrap(),
+        ovs = host.ovs_dir().display(),
     )
-    .unwrap();
-    path
 }
 
 impl Api {
@@ -220,25 +191,6 @@ impl Api {
         .floating_ip_address
     }
 
-    async fn wait_host(&self, name: &str, want: pb::HostState) {
-        wait_for(NET, "the host state", || async {
-            let hosts = self
-                .call(|ch, t| async move {
-                    HostServiceClient::new(ch)
-                        .list_hosts(authed(pb::ListHostsRequest::default(), &t))
-                        .await
-                })
-                .await
-                .expect("hosts")
-                .hosts;
-            let state = hosts.iter().find(|h| h.hostname == name).map(|h| h.state());
-            (state == Some(want))
-                .then_some(())
-                .ok_or(format!("{name}: {state:?}"))
-        })
-        .await
-    }
-
     /// Waits for `needle` on the server's console.
     async fn wait_console(&self, id: &str, needle: &str, within: Duration) -> String {
         wait_for(within, needle, || async {
@@ -250,22 +202,8 @@ impl Api {
         .await
     }
 
-    async fn live_migrate(&self, id: &str, host: &str) -> pb::Operation {
-        let req = pb::LiveMigrateServerRequest {
-            request_id: request_id(),
-            server: id.into(),
-            host: host.into(),
-            block_migration: None,
-            timeout_seconds: 120,
-        };
-        let op = self
-            .call(|ch, t| {
-                let req = authed(req.clone(), &t);
-                async move { ServerServiceClient::new(ch).live_migrate_server(req).await }
-            })
-            .await
-            .expect("live migrate")
-            .operation_id;
+    async fn live_migrate_and_wait(&self, id: &str, host: &str) -> pb::Operation {
+        let op = self.live_migrate(id, host, 120).await;
         self.wait_operation(&op, BOOT).await
     }
 }
@@ -414,12 +352,26 @@ async fn tenant_networks_dhcp_vxlan_isolation_floating_ips_security_groups_and_m
         )
         .await;
     api.create_guest_flavor("e2e").await;
-    let config_a = agent_config(root, &hosts.hosts[0], &ctl, &kernel, &initrd);
-    let config_b = agent_config(root, &hosts.hosts[1], &ctl, &kernel, &initrd);
+    let (config_a, _) = agent_config(
+        root,
+        &hosts.hosts[0],
+        &ctl,
+        &kernel,
+        &initrd,
+        &network_config(&hosts.hosts[0]),
+    );
+    let (config_b, _) = agent_config(
+        root,
+        &hosts.hosts[1],
+        &ctl,
+        &kernel,
+        &initrd,
+        &network_config(&hosts.hosts[1]),
+    );
     let _agent_a = Agent::start_in(hosts.hosts[0].pid(), &config_a, &root.join("agent-hA.log"));
     let _agent_b = Agent::start_in(hosts.hosts[1].pid(), &config_b, &root.join("agent-hB.log"));
-    api.wait_host("hA", pb::HostState::Up).await;
-    api.wait_host("hB", pb::HostState::Up).await;
+    api.wait_host("hA", pb::HostState::Up, NET).await;
+    api.wait_host("hB", pb::HostState::Up, NET).await;
 
     // The external network (admin) and a tenant network.
     let ext = hosts.external.as_ref().unwrap();
@@ -509,7 +461,7 @@ async fn tenant_networks_dhcp_vxlan_isolation_floating_ips_security_groups_and_m
 
     // 3. Live migration keeps address, floating IP and connectivity.
     let started = Instant::now();
-    let op = api.live_migrate(&g1, "hB").await;
+    let op = api.live_migrate_and_wait(&g1, "hB").await;
     assert_eq!(op.state(), pb::OperationState::Succeeded, "{op:?}");
     eprintln!(
         "timing: live migration with a port {:.1?}",
@@ -535,19 +487,8 @@ async fn tenant_networks_dhcp_vxlan_isolation_floating_ips_security_groups_and_m
     //    rebuilt guests their ports' addresses again) and the floating IP follows.
     let died = Instant::now();
     hosts.hosts[1].power_off();
-    api.wait_host("hB", pb::HostState::Down).await;
-    let evac = pb::EvacuateHostRequest {
-        request_id: request_id(),
-        host: "hB".into(),
-        ..Default::default()
-    };
-    let job = api
-        .call(|ch, t| {
-            let req = authed(evac.clone(), &t);
-            async move { HostServiceClient::new(ch).evacuate_host(req).await }
-        })
-        .await
-        .expect("host evacuate");
+    api.wait_host("hB", pb::HostState::Down, NET).await;
+    let job = api.evacuate_host("hB").await;
     let done = api.wait_operation(&job.operation_id, BOOT).await;
     assert_eq!(done.state(), pb::OperationState::Succeeded, "{done:?}");
     for id in [&g1, &g2] {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use flotilla_controller::certs::{write_certs, GenCertsArgs};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::flavor_service_client::FlavorServiceClient;
+use flotilla_proto::v1::host_service_client::HostServiceClient;
 use flotilla_proto::v1::identity_service_client::IdentityServiceClient;
 use flotilla_proto::v1::image_service_client::ImageServiceClient;
 use flotilla_proto::v1::operation_service_client::OperationServiceClient;
@@ -439,5 +440,99 @@ impl Controller {
             tls,
             task,
         }
+    }
+}
+
+/// Writes the agent config of a test host (TLS, a small capacity, the test guest's kernel, and
+/// `extra` TOML appended) and returns its path and the agent's state directory.
+pub fn agent_config(
+    root: &Path,
+    host: &flotilla_agent::testbed::Host,
+    ctl: &Controller,
+    kernel: &Path,
+    initrd: &Path,
+    extra: &str,
+) -> (PathBuf, PathBuf) {
+    let state = root.join(format!("agent-{}", host.name));
+    let path = root.join(format!("agent-{}.toml", host.name));
+    fs::write(
+        &path,
+        format!(
+            "hostname = \"{name}\"\naddress = \"{address}\"\ncontrollers = [\"{peer}\"]\n\
+             libvirt_uri = \"{uri}\"\ndomain_type = \"qemu\"\nstate_dir = \"{state}\"\n\
+             reconcile_interval_secs = 2\nshutdown_timeout_secs = 3\ndisk_cache = \"writeback\"\n\n\
+             [tls]\nca = \"{tls}/ca.pem\"\ncert = \"{tls}/{name}.pem\"\nkey = \"{tls}/{name}.key\"\n\n\
+             [capacity]\nvcpus = 4\nram_mib = 2048\ndisk_gib = 20\n\n\
+             [kernels.guest]\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
+             cmdline = \"console=ttyS0 quiet\"\n\n{extra}",
+            name = host.name,
+            address = host.address,
+            peer = ctl.peer,
+            uri = host.uri(),
+            state = state.display(),
+            tls = ctl.tls.display(),
+            kernel = kernel.display(),
+            initrd = initrd.display(),
+        ),
+    )
+    .unwrap();
+    (path, state)
+}
+
+impl Api {
+    pub async fn hosts(&self) -> Vec<pb::Host> {
+        self.call(|ch, t| async move {
+            HostServiceClient::new(ch)
+                .list_hosts(authed(pb::ListHostsRequest::default(), &t))
+                .await
+        })
+        .await
+        .expect("hosts")
+        .hosts
+    }
+
+    /// Waits until the host is in state `want`.
+    pub async fn wait_host(&self, name: &str, want: pb::HostState, within: Duration) {
+        wait_for(within, "the host state", || async {
+            let hosts = self.hosts().await;
+            let state = hosts.iter().find(|h| h.hostname == name).map(|h| h.state());
+            (state == Some(want))
+                .then_some(())
+                .ok_or(format!("{name}: {state:?}"))
+        })
+        .await;
+    }
+
+    /// Starts a live migration; returns its operation id.
+    pub async fn live_migrate(&self, id: &str, host: &str, timeout_seconds: u32) -> String {
+        let req = pb::LiveMigrateServerRequest {
+            request_id: request_id(),
+            server: id.into(),
+            host: host.into(),
+            block_migration: None,
+            timeout_seconds,
+        };
+        self.call(|ch, t| {
+            let req = authed(req.clone(), &t);
+            async move { ServerServiceClient::new(ch).live_migrate_server(req).await }
+        })
+        .await
+        .expect("live migrate")
+        .operation_id
+    }
+
+    /// `host evacuate HOST`.
+    pub async fn evacuate_host(&self, host: &str) -> pb::EvacuateHostResponse {
+        let evac = pb::EvacuateHostRequest {
+            request_id: request_id(),
+            host: host.into(),
+            ..Default::default()
+        };
+        self.call(|ch, t| {
+            let req = authed(evac.clone(), &t);
+            async move { HostServiceClient::new(ch).evacuate_host(req).await }
+        })
+        .await
+        .expect("host evacuate")
     }
 }
