@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_proto::v1 as pb;
 
-use super::network::{network_type_to_pb, rule, subnet};
+use super::network_convert::{network_type_to_pb, rule, subnet};
 use crate::state::{DesiredPower, Ethertype, Port, SecurityGroupRule, Server, State};
 
 /// What `host_id` should run.

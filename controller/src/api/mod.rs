@@ -23,6 +23,8 @@ pub mod image_maintenance;
 pub(crate) mod image_transfer;
 mod move_duties;
 mod network;
+mod network_access;
+mod network_convert;
 mod operations;
 pub mod password;
 mod quota;

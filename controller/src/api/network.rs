@@ -6,17 +6,27 @@
 //! external networks. Provider networks (flat, VLAN), chosen segmentation ids, physical networks
 //! and the `external`/`shared` flags are admin only, as in Neutron. `--all-projects` is admin
 //! only; a `project` filter needs a role in that project.
+//!
+//! Finding resources and who may see and change them: [`super::network_access`]; proto ⇄
+//! state conversion: [`super::network_convert`].
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::network_service_server::NetworkService;
 use tonic::{Request, Response, Status};
 
 use super::authz::{Action, Principal};
-use super::{allow, auth::principal, convert::meta, new_id, page_size, paginate, required, Api};
+use super::network_access::{
+    admin_only, find_floating_ip, find_group, find_network, find_port, find_rule, find_subnet,
+    groups_in, list_scope, may_write, network_filter, network_visible, own_project, owned_visible,
+    project_of, provider_options, subnet_visible, token_project, Finder, Owned,
+};
+use super::network_convert::{
+    direction_from_pb, ethertype_from_pb, floating_ip, network, network_spec, network_type_from_pb,
+    port, routes_from_pb, rule, security_group, subnet, subnet_spec, unexpected, Answer,
+};
+use super::{allow, auth::principal, new_id, page_size, paginate, required, Api};
 use crate::state::{
-    Command, Direction, Ethertype, FixedIp, FloatingIp, GatewaySpec, HostRoute, NetCommand,
-    NetOutcome, Network, NetworkSpec, NetworkType, Outcome, Port, PortSpec, Project, RuleSpec,
-    SecurityGroup, SecurityGroupRule, State, Subnet, SubnetSpec, DEFAULT_GROUP_IDS,
-    NEW_GROUP_RULE_IDS,
+    Command, FixedIp, FloatingIp, NetCommand, NetOutcome, Network, Outcome, Port, PortSpec,
+    RuleSpec, SecurityGroup, State, Subnet, DEFAULT_GROUP_IDS, NEW_GROUP_RULE_IDS,
 };
 
 pub struct NetworkApi {
@@ -25,425 +35,14 @@ pub struct NetworkApi {
     pub vni_range: (u32, u32),
 }
 
-fn token_project(p: &Principal) -> String {
-    p.token
-        .as_ref()
-        .map(|t| t.project_id.clone())
-        .unwrap_or_default()
-}
-
 fn fresh(n: usize) -> Vec<String> {
     (0..n).map(|_| new_id()).collect()
-}
-
-fn admin_only(p: &Principal, what: &str) -> Result<(), Status> {
-    if p.admin {
-        return Ok(());
-    }
-    Err(Status::permission_denied(format!(
-        "permission denied: {what} needs the cluster admin role"
-    )))
-}
-
-fn project_of<'s>(state: &'s State, id: &str) -> Result<&'s Project, Status> {
-    state
-        .project(id)
-        .ok_or_else(|| Status::not_found(format!("project {id:?} not found")))
-}
-
-/// The caller's token project, which must exist.
-fn own_project<'s>(state: &'s State, p: &Principal) -> Result<&'s Project, Status> {
-    let id = token_project(p);
-    if id.is_empty() {
-        return Err(Status::invalid_argument(
-            "your token is not scoped to a project: log in with --project",
-        ));
-    }
-    state
-        .project(&id)
-        .ok_or_else(|| Status::not_found("your token's project no longer exists"))
-}
-
-fn may_write(state: &State, p: &Principal, project_id: &str) -> Result<(), Status> {
-    allow(
-        p,
-        Action::WriteProject,
-        Some(project_of(state, project_id)?),
-    )
-}
-
-fn network_visible(p: &Principal, n: &Network) -> bool {
-    p.admin || p.in_project(&n.project_id) || n.shared || n.external
-}
-
-fn owned_visible(p: &Principal, project_id: &str) -> bool {
-    p.admin || p.in_project(project_id)
-}
-
-/// Finds a resource by id among those visible, else by a name unique among those visible
-/// (preferring the caller's token project).
-fn resolve<'s, T: 's>(
-    kind: &str,
-    key: &str,
-    by_id: Option<&'s T>,
-    all: impl Iterator<Item = &'s T>,
-    visible: impl Fn(&T) -> bool,
-    name_project: impl Fn(&T) -> (&str, &str),
-    scope: &str,
-) -> Result<&'s T, Status> {
-    required(kind, key)?;
-    if let Some(found) = by_id.filter(|t| visible(t)) {
-        return Ok(found);
-    }
-    let named: Vec<&T> = all
-        .filter(|t| visible(t) && name_project(t).0 == key)
-        .collect();
-    let own: Vec<&T> = named
-        .iter()
-        .copied()
-        .filter(|t| name_project(t).1 == scope)
-        .collect();
-    let pick = if own.len() == 1 { own } else { named };
-    match pick.as_slice() {
-        [one] => Ok(one),
-        [] => Err(Status::not_found(format!("{kind} {key:?} not found"))),
-        _ => Err(Status::failed_precondition(format!(
-            "several {kind}s are named {key:?}; use the id"
-        ))),
-    }
-}
-
-/// A List RPC's optional network filter: none when empty, else the network's id.
-fn network_filter(state: &State, p: &Principal, key: &str) -> Result<Option<String>, Status> {
-    if key.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(find_network(state, p, key)?.id.clone()))
-}
-
-pub(super) fn find_network<'s>(
-    state: &'s State,
-    p: &Principal,
-    key: &str,
-) -> Result<&'s Network, Status> {
-    resolve(
-        "network",
-        key,
-        state.network(key),
-        state.networks_after(""),
-        |n| network_visible(p, n),
-        |n| (n.name.as_str(), n.project_id.as_str()),
-        &token_project(p),
-    )
-}
-
-fn subnet_visible(state: &State, p: &Principal, s: &Subnet) -> bool {
-    owned_visible(p, &s.project_id)
-        || state
-            .network(&s.network_id)
-            .is_some_and(|n| network_visible(p, n))
-}
-
-fn find_subnet<'s>(state: &'s State, p: &Principal, key: &str) -> Result<&'s Subnet, Status> {
-    resolve(
-        "subnet",
-        key,
-        state.subnet(key),
-        state.subnets_after(""),
-        |s| subnet_visible(state, p, s),
-        |s| (s.name.as_str(), s.project_id.as_str()),
-        &token_project(p),
-    )
-}
-
-pub(super) fn find_port<'s>(
-    state: &'s State,
-    p: &Principal,
-    key: &str,
-) -> Result<&'s Port, Status> {
-    resolve(
-        "port",
-        key,
-        state.port(key),
-        state.ports_after(""),
-        |x| owned_visible(p, &x.project_id),
-        |x| (x.name.as_str(), x.project_id.as_str()),
-        &token_project(p),
-    )
-}
-
-/// Floating IPs are named by id or by address.
-pub(super) fn find_floating_ip<'s>(
-    state: &'s State,
-    p: &Principal,
-    key: &str,
-) -> Result<&'s FloatingIp, Status> {
-    resolve(
-        "floating IP",
-        key,
-        state.floating_ip(key),
-        state.floating_ips_after(""),
-        |f| owned_visible(p, &f.project_id),
-        |f| (f.address.as_str(), f.project_id.as_str()),
-        &token_project(p),
-    )
-}
-
-fn find_group<'s>(state: &'s State, p: &Principal, key: &str) -> Result<&'s SecurityGroup, Status> {
-    resolve(
-        "security group",
-        key,
-        state.security_group(key),
-        state.security_groups_after(""),
-        |g| owned_visible(p, &g.project_id),
-        |g| (g.name.as_str(), g.project_id.as_str()),
-        &token_project(p),
-    )
-}
-
-/// Security groups of `project_id` by id or name.
-fn groups_in(state: &State, project_id: &str, keys: &[String]) -> Result<Vec<String>, Status> {
-    keys.iter()
-        .map(|k| {
-            state
-                .security_group(k)
-                .filter(|g| g.project_id == project_id)
-                .or_else(|| {
-                    state
-                        .security_groups_after("")
-                        .find(|g| g.project_id == project_id && g.name == *k)
-                })
-                .map(|g| g.id.clone())
-                .ok_or_else(|| {
-                    Status::not_found(format!("security group {k:?} not found in the project"))
-                })
-        })
-        .collect()
-}
-
-/// The project a list is limited to: `project` (needs a role there), every project (admins
-/// with `all_projects`), or the token's project.
-fn list_scope(
-    state: &State,
-    p: &Principal,
-    all_projects: bool,
-    project: &str,
-) -> Result<Option<String>, Status> {
-    if all_projects && !p.admin {
-        return Err(Status::permission_denied(
-            "permission denied: --all-projects needs the cluster admin role",
-        ));
-    }
-    if !project.is_empty() {
-        let pr = project_of(state, project)?;
-        allow(p, Action::ReadProject, Some(pr))?;
-        return Ok(Some(pr.id.clone()));
-    }
-    let scope = token_project(p);
-    if all_projects || scope.is_empty() {
-        Ok(None)
-    } else {
-        Ok(Some(scope))
-    }
 }
 
 fn net_outcome(out: Outcome) -> Result<NetOutcome, Status> {
     match out {
         Outcome::Net(o) => Ok(*o),
         other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-    }
-}
-
-fn unexpected(o: NetOutcome) -> Status {
-    Status::internal(format!("unexpected outcome {o:?}"))
-}
-
-// ---- conversions ------------------------------------------------------------------------
-
-fn status(up: bool) -> i32 {
-    if up {
-        pb::NetworkResourceStatus::Active as i32
-    } else {
-        pb::NetworkResourceStatus::Down as i32
-    }
-}
-
-pub(super) fn network_type_to_pb(t: NetworkType) -> i32 {
-    (match t {
-        NetworkType::Vxlan => pb::NetworkType::Vxlan,
-        NetworkType::Flat => pb::NetworkType::Flat,
-        NetworkType::Vlan => pb::NetworkType::Vlan,
-    }) as i32
-}
-
-pub fn network(n: &Network) -> pb::Network {
-    pb::Network {
-        id: n.id.clone(),
-        name: n.name.clone(),
-        project_id: n.project_id.clone(),
-        network_type: network_type_to_pb(n.network_type),
-        segmentation_id: n.segmentation_id,
-        physical_network: n.physical_network.clone(),
-        external: n.external,
-        shared: n.shared,
-        mtu: n.mtu,
-        admin_state_up: n.admin_state_up,
-        status: status(n.admin_state_up),
-        subnet_ids: n.subnet_ids.clone(),
-        description: n.description.clone(),
-        meta: Some(meta(&n.meta)),
-    }
-}
-
-fn routes_to_pb(routes: &[HostRoute]) -> Vec<pb::SubnetHostRoute> {
-    routes
-        .iter()
-        .map(|r| pb::SubnetHostRoute {
-            destination: r.destination.clone(),
-            nexthop: r.nexthop.clone(),
-        })
-        .collect()
-}
-
-fn routes_from_pb(routes: Vec<pb::SubnetHostRoute>) -> Vec<HostRoute> {
-    routes
-        .into_iter()
-        .map(|r| HostRoute {
-            destination: r.destination,
-            nexthop: r.nexthop,
-        })
-        .collect()
-}
-
-pub fn subnet(s: &Subnet) -> pb::Subnet {
-    pb::Subnet {
-        id: s.id.clone(),
-        network_id: s.network_id.clone(),
-        name: s.name.clone(),
-        project_id: s.project_id.clone(),
-        cidr: s.cidr.to_string(),
-        ip_version: s.cidr.family.version(),
-        gateway_ip: s.gateway_ip(),
-        allocation_pools: s
-            .pool_strings()
-            .into_iter()
-            .map(|(start, end)| pb::SubnetAllocationPool { start, end })
-            .collect(),
-        dns_nameservers: s.dns_nameservers.clone(),
-        enable_dhcp: s.enable_dhcp,
-        host_routes: routes_to_pb(&s.host_routes),
-        description: s.description.clone(),
-        meta: Some(meta(&s.meta)),
-    }
-}
-
-/// A port as users see it: its host is its server's owner host, and it is ACTIVE once that
-/// host's agent reported it wired (DOWN before, after a move until the new host reports it,
-/// while the host is down, and when unbound or administratively down).
-pub fn port(state: &State, p: &Port) -> pb::Port {
-    let st = if p.admin_state_up && state.port_wired(p) {
-        pb::NetworkResourceStatus::Active
-    } else {
-        pb::NetworkResourceStatus::Down
-    };
-    let host = state
-        .port_host(p)
-        .map(|h| h.info.hostname.clone())
-        .unwrap_or_default();
-    pb::Port {
-        id: p.id.clone(),
-        network_id: p.network_id.clone(),
-        name: p.name.clone(),
-        project_id: p.project_id.clone(),
-        mac_address: p.mac_address.clone(),
-        fixed_ips: p
-            .fixed_ips
-            .iter()
-            .map(|f| pb::PortFixedIp {
-                subnet_id: f.subnet_id.clone(),
-                ip_address: f.ip_address.clone(),
-            })
-            .collect(),
-        security_group_ids: p.security_group_ids.clone(),
-        device_owner: p.device_owner.clone(),
-        device_id: p.device_id.clone(),
-        host,
-        status: st as i32,
-        admin_state_up: p.admin_state_up,
-        port_security_enabled: p.port_security_enabled,
-        description: p.description.clone(),
-        meta: Some(meta(&p.meta)),
-    }
-}
-
-pub fn floating_ip(state: &State, f: &FloatingIp) -> pb::FloatingIp {
-    let port = state.port(&f.port_id);
-    let server_id = port
-        .filter(|p| p.device_owner.starts_with("compute:"))
-        .map(|p| p.device_id.clone())
-        .unwrap_or_default();
-    pb::FloatingIp {
-        id: f.id.clone(),
-        floating_network_id: f.network_id.clone(),
-        floating_ip_address: f.address.clone(),
-        port_id: f.port_id.clone(),
-        fixed_ip_address: f.fixed_ip_address.clone(),
-        project_id: f.project_id.clone(),
-        status: status(port.is_some()),
-        server_id,
-        host: port
-            .and_then(|p| state.port_host(p))
-            .map(|h| h.info.hostname.clone())
-            .unwrap_or_default(),
-        description: f.description.clone(),
-        meta: Some(meta(&f.meta)),
-    }
-}
-
-fn direction_to_pb(d: Direction) -> i32 {
-    (match d {
-        Direction::Ingress => pb::SecurityGroupRuleDirection::Ingress,
-        Direction::Egress => pb::SecurityGroupRuleDirection::Egress,
-    }) as i32
-}
-
-pub fn rule(r: &SecurityGroupRule) -> pb::SecurityGroupRule {
-    pb::SecurityGroupRule {
-        id: r.id.clone(),
-        security_group_id: r.security_group_id.clone(),
-        direction: direction_to_pb(r.direction),
-        ethertype: (match r.ethertype {
-            Ethertype::Ipv4 => pb::SecurityGroupRuleEthertype::Ipv4,
-            Ethertype::Ipv6 => pb::SecurityGroupRuleEthertype::Ipv6,
-        }) as i32,
-        protocol: r.protocol.clone(),
-        port_range_min: r.port_range_min,
-        port_range_max: r.port_range_max,
-        remote_ip_prefix: r.remote_ip_prefix.clone(),
-        remote_group_id: r.remote_group_id.clone(),
-        description: r.description.clone(),
-        project_id: r.project_id.clone(),
-        meta: Some(meta(&r.meta)),
-    }
-}
-
-pub fn security_group(state: &State, g: &SecurityGroup) -> pb::SecurityGroup {
-    pb::SecurityGroup {
-        id: g.id.clone(),
-        name: g.name.clone(),
-        description: g.description.clone(),
-        project_id: g.project_id.clone(),
-        rules: state.rules_of(&g.id).map(rule).collect(),
-        meta: Some(meta(&g.meta)),
-    }
-}
-
-fn direction_from_pb(v: i32) -> Result<Option<Direction>, Status> {
-    match pb::SecurityGroupRuleDirection::try_from(v) {
-        Ok(pb::SecurityGroupRuleDirection::Unspecified) => Ok(None),
-        Ok(pb::SecurityGroupRuleDirection::Ingress) => Ok(Some(Direction::Ingress)),
-        Ok(pb::SecurityGroupRuleDirection::Egress) => Ok(Some(Direction::Egress)),
-        Err(_) => Err(Status::invalid_argument(format!("unknown direction {v}"))),
     }
 }
 
@@ -463,37 +62,59 @@ impl NetworkApi {
         )
     }
 
-    /// A retry answers with the resource as it is now.
-    fn network_now(&self, n: Network) -> pb::Network {
-        let state = self.api.node.state();
-        network(state.network(&n.id).unwrap_or(&n))
+    /// Proposes `c` and answers with the resource it made or changed, as it is now (so a
+    /// retry answers with the resource as it is now).
+    async fn reply<T: Answer>(
+        &self,
+        request_id: String,
+        actor: String,
+        c: NetCommand,
+    ) -> Result<Response<T::Pb>, Status> {
+        let x = T::take(self.run(request_id, actor, c).await?)?;
+        Ok(Response::new(x.now(&self.api.node.state())))
     }
 
-    fn subnet_now(&self, s: Subnet) -> pb::Subnet {
-        let state = self.api.node.state();
-        subnet(state.subnet(&s.id).unwrap_or(&s))
+    /// A Get RPC: the resource `key` names, as users see it.
+    async fn get<T, R>(
+        &self,
+        p: &Principal,
+        stale: bool,
+        key: &str,
+        find: Finder<T>,
+        show: fn(&State, &T) -> R,
+    ) -> Result<Response<R>, Status> {
+        let state = self.api.read(stale).await?;
+        Ok(Response::new(show(&state, find(&state, p, key)?)))
     }
 
-    fn port_now(&self, p: Port) -> pb::Port {
-        let state = self.api.node.state();
-        port(&state, state.port(&p.id).unwrap_or(&p))
+    /// The id of the resource `key` names, once the caller may change its project.
+    async fn writable_id<T: Owned>(
+        &self,
+        p: &Principal,
+        key: &str,
+        find: Finder<T>,
+    ) -> Result<String, Status> {
+        let state = self.api.read(false).await?;
+        let x = find(&state, p, key)?;
+        may_write(&state, p, x.project_id())?;
+        Ok(x.id().to_owned())
     }
 
-    fn floating_ip_now(&self, f: FloatingIp) -> pb::FloatingIp {
-        let state = self.api.node.state();
-        floating_ip(&state, state.floating_ip(&f.id).unwrap_or(&f))
-    }
-
-    fn group_now(&self, g: SecurityGroup) -> pb::SecurityGroup {
-        let state = self.api.node.state();
-        security_group(&state, state.security_group(&g.id).unwrap_or(&g))
-    }
-
-    async fn floating_ip_reply(&self, out: NetOutcome) -> Result<Response<pb::FloatingIp>, Status> {
-        match out {
-            NetOutcome::FloatingIp(f) => Ok(Response::new(self.floating_ip_now(f))),
-            o => Err(unexpected(o)),
-        }
+    /// A Delete RPC: proposes `delete` of the id of the resource `key` names, once the caller
+    /// may change its project.
+    async fn delete<T: Owned>(
+        &self,
+        p: Principal,
+        request_id: String,
+        key: &str,
+        find: Finder<T>,
+        delete: fn(String) -> NetCommand,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let id = self.writable_id(&p, key, find).await?;
+        self.api
+            .propose(request_id, p.name, Command::Networking(delete(id)))
+            .await?;
+        Ok(Response::new(pb::Empty {}))
     }
 }
 
@@ -505,32 +126,8 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Network>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let network_type = match pb::NetworkType::try_from(r.network_type) {
-            Ok(pb::NetworkType::Unspecified | pb::NetworkType::Vxlan) => NetworkType::Vxlan,
-            Ok(pb::NetworkType::Flat) => NetworkType::Flat,
-            Ok(pb::NetworkType::Vlan) => NetworkType::Vlan,
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown network type {}",
-                    r.network_type
-                )))
-            }
-        };
-        if network_type != NetworkType::Vxlan {
-            admin_only(&p, "a flat or VLAN (provider) network")?;
-        }
-        if r.segmentation_id != 0 {
-            admin_only(&p, "choosing a segmentation id")?;
-        }
-        if !r.physical_network.is_empty() {
-            admin_only(&p, "choosing a physical network")?;
-        }
-        if r.external {
-            admin_only(&p, "an external network")?;
-        }
-        if r.shared {
-            admin_only(&p, "a shared network")?;
-        }
+        let network_type = network_type_from_pb(r.network_type)?;
+        provider_options(&p, &r, network_type)?;
         let project_id = {
             let state = self.api.read(false).await?;
             let project = if r.project.is_empty() {
@@ -542,27 +139,10 @@ impl NetworkService for NetworkApi {
             allow(&p, Action::WriteProject, Some(project))?;
             project.id.clone()
         };
-        let spec = NetworkSpec {
-            id: new_id(),
-            name: r.name,
-            description: r.description,
-            project_id,
-            network_type,
-            segmentation_id: r.segmentation_id,
-            physical_network: r.physical_network,
-            external: r.external,
-            shared: r.shared,
-            mtu: r.mtu,
-            admin_state_up: r.admin_state_up.unwrap_or(true),
-            vni_range: self.vni_range,
-        };
-        match self
-            .run(r.request_id, p.name, NetCommand::CreateNetwork(spec))
-            .await?
-        {
-            NetOutcome::Network(n) => Ok(Response::new(self.network_now(n))),
-            o => Err(unexpected(o)),
-        }
+        let request_id = r.request_id.clone();
+        let spec = network_spec(new_id(), r, project_id, network_type, self.vni_range);
+        self.reply::<Network>(request_id, p.name, NetCommand::CreateNetwork(spec))
+            .await
     }
 
     async fn get_network(
@@ -571,10 +151,8 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Network>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.api.read(r.stale).await?;
-        Ok(Response::new(network(find_network(
-            &state, &p, &r.network,
-        )?)))
+        self.get(&p, r.stale, &r.network, find_network, |_, n| network(n))
+            .await
     }
 
     async fn list_networks(
@@ -619,12 +197,7 @@ impl NetworkService for NetworkApi {
         if r.external.is_some() {
             admin_only(&p, "changing whether a network is external")?;
         }
-        let network_id = {
-            let state = self.api.read(false).await?;
-            let n = find_network(&state, &p, &r.network)?;
-            may_write(&state, &p, &n.project_id)?;
-            n.id.clone()
-        };
+        let network_id = self.writable_id(&p, &r.network, find_network).await?;
         let cmd = NetCommand::UpdateNetwork {
             network_id,
             name: r.name,
@@ -634,10 +207,7 @@ impl NetworkService for NetworkApi {
             external: r.external,
             mtu: r.mtu,
         };
-        match self.run(r.request_id, p.name, cmd).await? {
-            NetOutcome::Network(n) => Ok(Response::new(self.network_now(n))),
-            o => Err(unexpected(o)),
-        }
+        self.reply::<Network>(r.request_id, p.name, cmd).await
     }
 
     async fn delete_network(
@@ -646,20 +216,10 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Empty>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let network_id = {
-            let state = self.api.read(false).await?;
-            let n = find_network(&state, &p, &r.network)?;
-            may_write(&state, &p, &n.project_id)?;
-            n.id.clone()
-        };
-        self.api
-            .propose(
-                r.request_id,
-                p.name,
-                Command::Networking(NetCommand::DeleteNetwork { network_id }),
-            )
-            .await?;
-        Ok(Response::new(pb::Empty {}))
+        self.delete(p, r.request_id, &r.network, find_network, |network_id| {
+            NetCommand::DeleteNetwork { network_id }
+        })
+        .await
     }
 
     async fn create_subnet(
@@ -669,46 +229,11 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         required("cidr", &r.cidr)?;
-        let network_id = {
-            let state = self.api.read(false).await?;
-            let n = find_network(&state, &p, &r.network)?;
-            may_write(&state, &p, &n.project_id)?;
-            n.id.clone()
-        };
-        let gateway = match (r.disable_gateway, r.gateway_ip.is_empty()) {
-            (true, true) => GatewaySpec::None,
-            (true, false) => {
-                return Err(Status::invalid_argument(
-                    "give either gateway_ip or disable_gateway, not both",
-                ))
-            }
-            (false, true) => GatewaySpec::Default,
-            (false, false) => GatewaySpec::Address(r.gateway_ip),
-        };
-        let spec = SubnetSpec {
-            id: new_id(),
-            network_id,
-            name: r.name,
-            description: r.description,
-            cidr: r.cidr,
-            ip_version: r.ip_version,
-            gateway,
-            allocation_pools: r
-                .allocation_pools
-                .into_iter()
-                .map(|a| (a.start, a.end))
-                .collect(),
-            dns_nameservers: r.dns_nameservers,
-            enable_dhcp: r.enable_dhcp.unwrap_or(true),
-            host_routes: routes_from_pb(r.host_routes),
-        };
-        match self
-            .run(r.request_id, p.name, NetCommand::CreateSubnet(spec))
-            .await?
-        {
-            NetOutcome::Subnet(s) => Ok(Response::new(self.subnet_now(s))),
-            o => Err(unexpected(o)),
-        }
+        let network_id = self.writable_id(&p, &r.network, find_network).await?;
+        let request_id = r.request_id.clone();
+        let spec = subnet_spec(new_id(), r, network_id)?;
+        self.reply::<Subnet>(request_id, p.name, NetCommand::CreateSubnet(spec))
+            .await
     }
 
     async fn get_subnet(
@@ -717,8 +242,8 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Subnet>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.api.read(r.stale).await?;
-        Ok(Response::new(subnet(find_subnet(&state, &p, &r.subnet)?)))
+        self.get(&p, r.stale, &r.subnet, find_subnet, |_, s| subnet(s))
+            .await
     }
 
     async fn list_subnets(
@@ -753,12 +278,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Subnet>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let subnet_id = {
-            let state = self.api.read(false).await?;
-            let s = find_subnet(&state, &p, &r.subnet)?;
-            may_write(&state, &p, &s.project_id)?;
-            s.id.clone()
-        };
+        let subnet_id = self.writable_id(&p, &r.subnet, find_subnet).await?;
         let cmd = NetCommand::UpdateSubnet {
             subnet_id,
             name: r.name,
@@ -768,10 +288,7 @@ impl NetworkService for NetworkApi {
             dns_nameservers: r.dns_nameservers.map(|d| d.nameservers),
             host_routes: r.host_routes.map(|h| routes_from_pb(h.routes)),
         };
-        match self.run(r.request_id, p.name, cmd).await? {
-            NetOutcome::Subnet(s) => Ok(Response::new(self.subnet_now(s))),
-            o => Err(unexpected(o)),
-        }
+        self.reply::<Subnet>(r.request_id, p.name, cmd).await
     }
 
     async fn delete_subnet(
@@ -780,20 +297,10 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Empty>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let subnet_id = {
-            let state = self.api.read(false).await?;
-            let s = find_subnet(&state, &p, &r.subnet)?;
-            may_write(&state, &p, &s.project_id)?;
-            s.id.clone()
-        };
-        self.api
-            .propose(
-                r.request_id,
-                p.name,
-                Command::Networking(NetCommand::DeleteSubnet { subnet_id }),
-            )
-            .await?;
-        Ok(Response::new(pb::Empty {}))
+        self.delete(p, r.request_id, &r.subnet, find_subnet, |subnet_id| {
+            NetCommand::DeleteSubnet { subnet_id }
+        })
+        .await
     }
 
     async fn create_port(
@@ -841,13 +348,8 @@ impl NetworkService for NetworkApi {
                 default_group_ids: fresh(DEFAULT_GROUP_IDS),
             }
         };
-        match self
-            .run(r.request_id, p.name, NetCommand::CreatePort(spec))
-            .await?
-        {
-            NetOutcome::Port(x) => Ok(Response::new(self.port_now(x))),
-            o => Err(unexpected(o)),
-        }
+        self.reply::<Port>(r.request_id, p.name, NetCommand::CreatePort(spec))
+            .await
     }
 
     async fn get_port(
@@ -856,8 +358,7 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Port>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.api.read(r.stale).await?;
-        Ok(Response::new(port(&state, find_port(&state, &p, &r.port)?)))
+        self.get(&p, r.stale, &r.port, find_port, port).await
     }
 
     async fn list_ports(
@@ -910,10 +411,7 @@ impl NetworkService for NetworkApi {
             port_security_enabled: r.port_security_enabled,
             security_group_ids: groups,
         };
-        match self.run(r.request_id, p.name, cmd).await? {
-            NetOutcome::Port(x) => Ok(Response::new(self.port_now(x))),
-            o => Err(unexpected(o)),
-        }
+        self.reply::<Port>(r.request_id, p.name, cmd).await
     }
 
     async fn delete_port(
@@ -922,20 +420,10 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Empty>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let port_id = {
-            let state = self.api.read(false).await?;
-            let x = find_port(&state, &p, &r.port)?;
-            may_write(&state, &p, &x.project_id)?;
-            x.id.clone()
-        };
-        self.api
-            .propose(
-                r.request_id,
-                p.name,
-                Command::Networking(NetCommand::DeletePort { port_id }),
-            )
-            .await?;
-        Ok(Response::new(pb::Empty {}))
+        self.delete(p, r.request_id, &r.port, find_port, |port_id| {
+            NetCommand::DeletePort { port_id }
+        })
+        .await
     }
 
     async fn create_floating_ip(
@@ -967,8 +455,7 @@ impl NetworkService for NetworkApi {
                 description: r.description,
             }
         };
-        let out = self.run(r.request_id, p.name, cmd).await?;
-        self.floating_ip_reply(out).await
+        self.reply::<FloatingIp>(r.request_id, p.name, cmd).await
     }
 
     async fn get_floating_ip(
@@ -977,9 +464,8 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::FloatingIp>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.api.read(r.stale).await?;
-        let f = find_floating_ip(&state, &p, &r.floating_ip)?;
-        Ok(Response::new(floating_ip(&state, f)))
+        self.get(&p, r.stale, &r.floating_ip, find_floating_ip, floating_ip)
+            .await
     }
 
     async fn list_floating_ips(
@@ -1018,18 +504,14 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::FloatingIp>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let floating_ip_id = {
-            let state = self.api.read(false).await?;
-            let f = find_floating_ip(&state, &p, &r.floating_ip)?;
-            may_write(&state, &p, &f.project_id)?;
-            f.id.clone()
-        };
+        let floating_ip_id = self
+            .writable_id(&p, &r.floating_ip, find_floating_ip)
+            .await?;
         let cmd = NetCommand::UpdateFloatingIp {
             floating_ip_id,
             description: r.description,
         };
-        let out = self.run(r.request_id, p.name, cmd).await?;
-        self.floating_ip_reply(out).await
+        self.reply::<FloatingIp>(r.request_id, p.name, cmd).await
     }
 
     async fn delete_floating_ip(
@@ -1038,20 +520,14 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Empty>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let floating_ip_id = {
-            let state = self.api.read(false).await?;
-            let f = find_floating_ip(&state, &p, &r.floating_ip)?;
-            may_write(&state, &p, &f.project_id)?;
-            f.id.clone()
-        };
-        self.api
-            .propose(
-                r.request_id,
-                p.name,
-                Command::Networking(NetCommand::DeleteFloatingIp { floating_ip_id }),
-            )
-            .await?;
-        Ok(Response::new(pb::Empty {}))
+        self.delete(
+            p,
+            r.request_id,
+            &r.floating_ip,
+            find_floating_ip,
+            |floating_ip_id| NetCommand::DeleteFloatingIp { floating_ip_id },
+        )
+        .await
     }
 
     async fn associate_floating_ip(
@@ -1072,8 +548,7 @@ impl NetworkService for NetworkApi {
                 fixed_ip_address: r.fixed_ip_address,
             }
         };
-        let out = self.run(r.request_id, p.name, cmd).await?;
-        self.floating_ip_reply(out).await
+        self.reply::<FloatingIp>(r.request_id, p.name, cmd).await
     }
 
     async fn disassociate_floating_ip(
@@ -1082,15 +557,11 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::FloatingIp>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let floating_ip_id = {
-            let state = self.api.read(false).await?;
-            let f = find_floating_ip(&state, &p, &r.floating_ip)?;
-            may_write(&state, &p, &f.project_id)?;
-            f.id.clone()
-        };
+        let floating_ip_id = self
+            .writable_id(&p, &r.floating_ip, find_floating_ip)
+            .await?;
         let cmd = NetCommand::DisassociateFloatingIp { floating_ip_id };
-        let out = self.run(r.request_id, p.name, cmd).await?;
-        self.floating_ip_reply(out).await
+        self.reply::<FloatingIp>(r.request_id, p.name, cmd).await
     }
 
     async fn create_security_group(
@@ -1112,10 +583,7 @@ impl NetworkService for NetworkApi {
             description: r.description,
             fresh_ids: fresh(NEW_GROUP_RULE_IDS + DEFAULT_GROUP_IDS),
         };
-        match self.run(r.request_id, p.name, cmd).await? {
-            NetOutcome::SecurityGroup(g) => Ok(Response::new(self.group_now(g))),
-            o => Err(unexpected(o)),
-        }
+        self.reply::<SecurityGroup>(r.request_id, p.name, cmd).await
     }
 
     async fn get_security_group(
@@ -1124,9 +592,8 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::SecurityGroup>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let state = self.api.read(r.stale).await?;
-        let g = find_group(&state, &p, &r.security_group)?;
-        Ok(Response::new(security_group(&state, g)))
+        self.get(&p, r.stale, &r.security_group, find_group, security_group)
+            .await
     }
 
     async fn list_security_groups(
@@ -1177,21 +644,13 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::SecurityGroup>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let group_id = {
-            let state = self.api.read(false).await?;
-            let g = find_group(&state, &p, &r.security_group)?;
-            may_write(&state, &p, &g.project_id)?;
-            g.id.clone()
-        };
+        let group_id = self.writable_id(&p, &r.security_group, find_group).await?;
         let cmd = NetCommand::UpdateSecurityGroup {
             group_id,
             name: r.name,
             description: r.description,
         };
-        match self.run(r.request_id, p.name, cmd).await? {
-            NetOutcome::SecurityGroup(g) => Ok(Response::new(self.group_now(g))),
-            o => Err(unexpected(o)),
-        }
+        self.reply::<SecurityGroup>(r.request_id, p.name, cmd).await
     }
 
     async fn delete_security_group(
@@ -1200,20 +659,10 @@ impl NetworkService for NetworkApi {
     ) -> Result<Response<pb::Empty>, Status> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let group_id = {
-            let state = self.api.read(false).await?;
-            let g = find_group(&state, &p, &r.security_group)?;
-            may_write(&state, &p, &g.project_id)?;
-            g.id.clone()
-        };
-        self.api
-            .propose(
-                r.request_id,
-                p.name,
-                Command::Networking(NetCommand::DeleteSecurityGroup { group_id }),
-            )
-            .await?;
-        Ok(Response::new(pb::Empty {}))
+        self.delete(p, r.request_id, &r.security_group, find_group, |group_id| {
+            NetCommand::DeleteSecurityGroup { group_id }
+        })
+        .await
     }
 
     async fn create_security_group_rule(
@@ -1224,18 +673,7 @@ impl NetworkService for NetworkApi {
         let r = req.into_inner();
         let direction = direction_from_pb(r.direction)?
             .ok_or_else(|| Status::invalid_argument("direction is required: ingress or egress"))?;
-        let ethertype = match pb::SecurityGroupRuleEthertype::try_from(r.ethertype) {
-            Ok(
-                pb::SecurityGroupRuleEthertype::Unspecified | pb::SecurityGroupRuleEthertype::Ipv4,
-            ) => Ethertype::Ipv4,
-            Ok(pb::SecurityGroupRuleEthertype::Ipv6) => Ethertype::Ipv6,
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown ethertype {}",
-                    r.ethertype
-                )))
-            }
-        };
+        let ethertype = ethertype_from_pb(r.ethertype)?;
         let spec = {
             let state = self.api.read(false).await?;
             let g = find_group(&state, &p, &r.security_group)?;
@@ -1278,14 +716,8 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         required("rule", &r.rule)?;
-        let state = self.api.read(r.stale).await?;
-        let x = state
-            .security_group_rule(&r.rule)
-            .filter(|x| owned_visible(&p, &x.project_id))
-            .ok_or_else(|| {
-                Status::not_found(format!("security group rule {:?} not found", r.rule))
-            })?;
-        Ok(Response::new(rule(x)))
+        self.get(&p, r.stale, &r.rule, find_rule, |_, x| rule(x))
+            .await
     }
 
     async fn list_security_group_rules(
@@ -1328,24 +760,9 @@ impl NetworkService for NetworkApi {
         let p = principal(&req)?;
         let r = req.into_inner();
         required("rule", &r.rule)?;
-        let rule_id = {
-            let state = self.api.read(false).await?;
-            let x = state
-                .security_group_rule(&r.rule)
-                .filter(|x| owned_visible(&p, &x.project_id))
-                .ok_or_else(|| {
-                    Status::not_found(format!("security group rule {:?} not found", r.rule))
-                })?;
-            may_write(&state, &p, &x.project_id)?;
-            x.id.clone()
-        };
-        self.api
-            .propose(
-                r.request_id,
-                p.name,
-                Command::Networking(NetCommand::DeleteSecurityGroupRule { rule_id }),
-            )
-            .await?;
-        Ok(Response::new(pb::Empty {}))
+        self.delete(p, r.request_id, &r.rule, find_rule, |rule_id| {
+            NetCommand::DeleteSecurityGroupRule { rule_id }
+        })
+        .await
     }
 }

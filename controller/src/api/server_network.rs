@@ -8,7 +8,7 @@ use flotilla_proto::v1 as pb;
 use tonic::Status;
 
 use super::authz::{Action, Principal};
-use super::network::{find_floating_ip, find_network, find_port};
+use super::network_access::{find_floating_ip, find_network, find_port};
 use super::servers::{resolve, ServerApi};
 use super::{allow, new_id, page_size, paginate, Api};
 use crate::state::{
@@ -167,7 +167,7 @@ fn net_reply(api: &Api, out: Outcome) -> Result<pb::FloatingIp, Status> {
             NetOutcome::FloatingIp(f) => {
                 let state = api.node.state();
                 let now = state.floating_ip(&f.id).unwrap_or(&f);
-                Ok(super::network::floating_ip(&state, now))
+                Ok(super::network_convert::floating_ip(&state, now))
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         },
@@ -346,7 +346,7 @@ impl ServerApi {
         Ok(pb::ListPortsResponse {
             ports: page
                 .into_iter()
-                .map(|x| super::network::port(&state, x))
+                .map(|x| super::network_convert::port(&state, x))
                 .collect(),
             next_page_token: next,
         })
