@@ -7,7 +7,10 @@
 //! Every object is compared with what is there before anything is changed: a converge with
 //! nothing to do runs only the reads (bridge, port, tunnel and flow listings).
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use flotilla_proto::v1 as pb;
 use parking_lot::Mutex;
@@ -16,6 +19,7 @@ use crate::driver::ovs::{
     managed_key, BridgeInfo, BridgeSpec, OvsError, PortInfo, PortSpec, TunnelInfo, TunnelSpec,
     VSwitch,
 };
+use crate::driver::process::{run, RunError};
 use crate::net::config::NetworkConfig;
 use crate::net::dhcp::{dhcp_interface, DhcpInterface};
 use crate::net::dhcp_server::DhcpServers;
@@ -132,6 +136,7 @@ impl NetworkHost {
             ensure_bridge(vs, &bridges, b, report)?;
         }
         self.converge_ports(&topo, &int_ports, report)?;
+        let links = self.dhcp_ports_up(&topo, report);
         let tunnels = vs.list_tunnels(int_br)?;
         for name in stale_tunnels(&topo.tunnels, &tunnels) {
             vs.delete_tunnel(int_br, name)?;
@@ -175,14 +180,14 @@ impl NetworkHost {
             report.ovs_ops += 1;
             report.flows_changed += sync.added.len() + sync.deleted.len();
         }
-        for (iface, e) in self.dhcp.sync(self.dhcp_wanted(desired, &topo)) {
+        for (iface, e) in self.dhcp.sync(self.dhcp_wanted(desired, &topo, &links)) {
             report.errors.push(format!("DHCP on {iface}: {e}"));
         }
         report.wired = plan.wired.into_iter().collect();
         Ok(())
     }
 
-    /// Flotilla's ports on the integration bridge and the external bridges; DHCP ports up.
+    /// Flotilla's ports on the integration bridge and the external bridges.
     fn converge_ports(
         &self,
         topo: &Topology,
@@ -225,12 +230,32 @@ impl NetworkHost {
                 }
             }
         }
-        for net in topo.networks.values() {
-            if let Err(e) = link_up(&net.dhcp_port) {
+        Ok(())
+    }
+
+    /// Brings the DHCP ports up (the kernel side of an internal port starts down, and a tap
+    /// that is down drops what OVS writes to it); returns the devices as they are then.
+    fn dhcp_ports_up(&self, topo: &Topology, report: &mut ConvergeReport) -> Links {
+        let mut links = match read_links() {
+            Ok(l) => l,
+            Err(e) => {
                 report.errors.push(e);
+                return Links::new();
+            }
+        };
+        for net in topo.networks.values() {
+            match links.get_mut(&net.dhcp_port) {
+                Some(link) if link.up => {}
+                Some(link) => match set_up(&net.dhcp_port) {
+                    Ok(()) => link.up = true,
+                    Err(e) => report.errors.push(e),
+                },
+                None => report
+                    .errors
+                    .push(format!("DHCP port {} has no device yet", net.dhcp_port)),
             }
         }
-        Ok(())
+        links
     }
 
     /// The DHCP responders: one per local network with a DHCP-enabled IPv4 subnet, answering
@@ -239,6 +264,7 @@ impl NetworkHost {
         &self,
         desired: &pb::DesiredState,
         topo: &Topology,
+        links: &Links,
     ) -> BTreeMap<String, DhcpInterface> {
         let mut out = BTreeMap::new();
         for net in &desired.networks {
@@ -252,7 +278,7 @@ impl NetworkHost {
                 .flat_map(|s| s.ports.iter().map(move |p| (p, Some(s.name.as_str()))))
                 .filter(|(p, _)| p.network_id == net.network_id)
                 .collect();
-            let Some(mac) = device_mac(&local.dhcp_port) else {
+            let Some(mac) = links.get(&local.dhcp_port).and_then(|l| l.mac) else {
                 continue;
             };
             if let Some(iface) = dhcp_interface(net, &ports, mac) {
@@ -309,56 +335,85 @@ fn tunnel_is(actual: &[TunnelInfo], spec: &TunnelSpec) -> bool {
     })
 }
 
-/// `ip -o link show dev NAME` of this thread's network namespace (not sysfs: that shows the
-/// namespace it was mounted in).
-fn ip_link(name: &str) -> Result<String, String> {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "link", "show", "dev", name])
-        .output()
-        .map_err(|e| format!("cannot run ip link show {name}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "ip link show {name}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+/// A network device of this thread's network namespace.
+struct Link {
+    up: bool,
+    mac: Option<[u8; 6]>,
 }
 
-/// Brings an interface of OVS's (a DHCP port) up; the kernel side of an internal port starts
-/// down, and a tap that is down drops what OVS writes to it.
-fn link_up(name: &str) -> Result<(), String> {
-    let line = ip_link(name)?;
-    let flags = line
-        .split('<')
-        .nth(1)
-        .and_then(|r| r.split('>').next())
-        .unwrap_or("");
-    if flags.split(',').any(|f| f == "UP") {
-        return Ok(());
-    }
-    let out = std::process::Command::new("ip")
-        .args(["link", "set", "dev", name, "up"])
-        .output()
-        .map_err(|e| format!("cannot run ip link set {name} up: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip link set {name} up: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+type Links = BTreeMap<String, Link>;
+
+const IP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn ip(args: &[&str]) -> Result<Vec<u8>, String> {
+    let argv: Vec<OsString> = args.iter().map(OsString::from).collect();
+    run(Path::new("ip"), &argv, IP_TIMEOUT).map_err(|e| {
+        let why = match e {
+            RunError::Spawn(e) => format!("cannot run it: {e}"),
+            RunError::Timeout => format!("no answer within {IP_TIMEOUT:?}"),
+            RunError::Failed { stderr, .. } => stderr,
+        };
+        format!("ip {}: {why}", args.join(" "))
+    })
 }
 
-/// The MAC of a device of this namespace.
-fn device_mac(name: &str) -> Option<[u8; 6]> {
-    let line = ip_link(name).ok()?;
-    let mac = line
+/// Every device, from one `ip -o link show` (not sysfs: that shows the namespace it was
+/// mounted in, not this thread's).
+fn read_links() -> Result<Links, String> {
+    let out = ip(&["-o", "link", "show"])?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(parse_link)
+        .collect())
+}
+
+/// `5: fd-0a1b2c3d4e5f: <BROADCAST,UP,LOWER_UP> mtu 1500 … link/ether fa:16:3e:… brd …`
+fn parse_link(line: &str) -> Option<(String, Link)> {
+    let mut fields = line.splitn(3, ": ");
+    fields.next()?;
+    let name = fields.next()?.split('@').next()?.to_string();
+    let rest = fields.next()?;
+    let flags = rest.strip_prefix('<')?.split('>').next()?;
+    let mac = rest
         .split("link/ether ")
-        .nth(1)?
-        .split_whitespace()
-        .next()?;
-    crate::net::dhcp::parse_mac(mac)
+        .nth(1)
+        .and_then(|m| m.split_whitespace().next())
+        .and_then(crate::net::dhcp::parse_mac);
+    Some((
+        name,
+        Link {
+            up: flags.split(',').any(|f| f == "UP"),
+            mac,
+        },
+    ))
+}
+
+fn set_up(name: &str) -> Result<(), String> {
+    ip(&["link", "set", "dev", name, "up"]).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_listing_lines() {
+        let (name, l) = parse_link(
+            "7: fd-0a1b2c3d4e5f: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc fq_codel state \
+             UNKNOWN mode DEFAULT group default qlen 1000\\    link/ether fa:16:3e:00:00:01 brd \
+             ff:ff:ff:ff:ff:ff",
+        )
+        .unwrap();
+        assert_eq!(name, "fd-0a1b2c3d4e5f");
+        assert!(l.up);
+        assert_eq!(l.mac, Some([0xfa, 0x16, 0x3e, 0, 0, 1]));
+        let (name, l) = parse_link(
+            "9: tr-0a1b2c3d@if2: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN \\    \
+             link/ether 02:00:00:00:00:02 brd ff:ff:ff:ff:ff:ff link-netns flr-0a1b2c3d",
+        )
+        .unwrap();
+        assert_eq!(name, "tr-0a1b2c3d");
+        assert!(!l.up);
+        assert!(parse_link("garbage").is_none());
+    }
 }
