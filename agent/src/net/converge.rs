@@ -130,6 +130,7 @@ impl NetworkHost {
         report.errors.extend(router_errors);
 
         let int_ports = vs.list_ports(int_br)?;
+        let ops_before = report.ovs_ops;
         let topo = plan_topology(desired, &self.cfg, &routers, &int_ports);
         report.errors.extend(topo.errors.iter().cloned());
         for b in topo.bridges.iter().filter(|b| b.name != int_br) {
@@ -149,9 +150,12 @@ impl NetworkHost {
             }
         }
 
-        // Flows need the OpenFlow port numbers OVS gave the ports just made.
-        let int_ports = vs.list_ports(int_br)?;
-        let tunnels = vs.list_tunnels(int_br)?;
+        // Flows need the OpenFlow port numbers OVS gave the ports just made (if any were).
+        let (int_ports, tunnels) = if report.ovs_ops == ops_before {
+            (int_ports, tunnels)
+        } else {
+            (vs.list_ports(int_br)?, vs.list_tunnels(int_br)?)
+        };
         let plan = plan_flows(desired, &topo, &routers, &int_ports, &tunnels);
         report.errors.extend(plan.errors.iter().cloned());
         for fix in &plan.tag_fixes {
