@@ -129,15 +129,12 @@ fn flavors() -> [FlavorSnapshot; 3] {
 
 fn registration(host_id: &str) -> HostRegistration {
     HostRegistration {
-        hostname: host_id.into(),
-        address: format!("10.0.0.{}", host_id.trim_start_matches('h')),
-        tunnel_address: String::new(),
-        availability_zone: "nova".into(),
-        hypervisor_type: "qemu".into(),
         hypervisor_version: "8.2".into(),
-        cpu_model: "qemu64".into(),
-        agent_version: "sim".into(),
-        capacity: Capacity::new(6, 12 * 1024, 100),
+        ..super::test_fixtures::registration(
+            host_id,
+            &format!("10.0.0.{}", host_id.trim_start_matches('h')),
+            Capacity::new(6, 12 * 1024, 100),
+        )
     }
 }
 
@@ -343,37 +340,13 @@ impl Sim {
             let out = self.propose(format!("group-{p}"), cmd).await;
             assert!(!rejected(&out), "{out:?}");
         }
-        let image = Command::CreateImage(ImageSpec {
-            id: "img".into(),
-            name: "img".into(),
-            owner_project_id: "pa".into(),
-            disk_format: DiskFormat::Qcow2,
-            container_format: ContainerFormat::Bare,
-            visibility: Visibility::Public,
-            min_disk_gib: 0,
-            min_ram_mib: 0,
-            protected: false,
-            properties: BTreeMap::new(),
-        });
-        let steps = [
-            image,
-            Command::BeginImageUpload {
-                image_id: "img".into(),
-                upload_id: "u".into(),
-                controller_id: 1,
-                size_hint: 0,
-            },
-            Command::FinishImageUpload {
-                image_id: "img".into(),
-                upload_id: "u".into(),
-                result: UploadResult::Stored {
-                    size_bytes: 1 << 20,
-                    virtual_size_bytes: 1 << 30,
-                    sha256: "ab".repeat(32),
-                    md5: "cd".repeat(16),
-                },
-            },
-        ];
+        let steps = super::test_fixtures::stored_image(
+            "img",
+            "pa",
+            DiskFormat::Qcow2,
+            Visibility::Public,
+            1 << 30,
+        );
         for (i, cmd) in steps.into_iter().enumerate() {
             let out = self.propose(format!("image-{i}"), cmd).await;
             assert!(!rejected(&out), "{out:?}");

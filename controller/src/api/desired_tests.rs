@@ -7,6 +7,7 @@ use flotilla_proto::v1 as pb;
 
 use crate::api::agent_hub::duties;
 use crate::api::agents::desired_state;
+use crate::api::test_fixtures::{registration, stored_image};
 use crate::scheduler::AllocationRatios;
 use crate::state::*;
 
@@ -130,52 +131,24 @@ pub(super) fn cluster() -> Sim {
         enabled: true,
         properties: BTreeMap::new(),
     });
-    sim.ok(Command::CreateImage(ImageSpec {
-        id: "img".into(),
-        name: "img".into(),
-        owner_project_id: "p".into(),
-        disk_format: DiskFormat::Raw,
-        container_format: ContainerFormat::Bare,
-        visibility: Visibility::Private,
-        min_disk_gib: 0,
-        min_ram_mib: 0,
-        protected: false,
-        properties: BTreeMap::new(),
-    }));
-    sim.ok(Command::BeginImageUpload {
-        image_id: "img".into(),
-        upload_id: "u".into(),
-        controller_id: 1,
-        size_hint: 0,
-    });
-    sim.ok(Command::FinishImageUpload {
-        image_id: "img".into(),
-        upload_id: "u".into(),
-        result: UploadResult::Stored {
-            size_bytes: 1 << 20,
-            virtual_size_bytes: 1 << 20,
-            sha256: "ab".repeat(32),
-            md5: "cd".repeat(16),
-        },
-    });
+    for cmd in stored_image("img", "p", DiskFormat::Raw, Visibility::Private, 1 << 20) {
+        sim.ok(cmd);
+    }
     for i in 1..=3 {
         sim.ok(Command::RegisterHost {
             host_id: format!("h{i}"),
             info: HostRegistration {
-                hostname: format!("node{i}"),
-                address: format!("192.0.2.{i}"),
                 // node2 has a separate VXLAN underlay.
                 tunnel_address: if i == 2 {
                     "198.51.100.2".into()
                 } else {
                     String::new()
                 },
-                availability_zone: "nova".into(),
-                hypervisor_type: "qemu".into(),
-                hypervisor_version: "7.2".into(),
-                cpu_model: "qemu64".into(),
-                agent_version: "sim".into(),
-                capacity: Capacity::new(8, 8192, 80),
+                ..registration(
+                    &format!("node{i}"),
+                    &format!("192.0.2.{i}"),
+                    Capacity::new(8, 8192, 80),
+                )
             },
         });
     }

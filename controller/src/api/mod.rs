@@ -36,6 +36,8 @@ mod server_network;
 #[cfg(test)]
 mod server_network_tests;
 mod servers;
+#[cfg(test)]
+mod test_fixtures;
 pub mod token;
 mod tokens;
 pub mod unimplemented;

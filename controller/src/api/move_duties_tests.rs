@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::api::agent_hub::duties;
 use crate::api::agents::desired_state;
+use crate::api::test_fixtures::{registration, stored_image};
 use crate::scheduler::AllocationRatios;
 use crate::state::*;
 
@@ -58,17 +59,11 @@ impl Sim {
 fn register(sim: &mut Sim, id: &str, vcpus: u64) {
     sim.ok(Command::RegisterHost {
         host_id: id.into(),
-        info: HostRegistration {
-            hostname: id.into(),
-            address: "127.0.0.1".into(),
-            tunnel_address: String::new(),
-            availability_zone: "nova".into(),
-            hypervisor_type: "qemu".into(),
-            hypervisor_version: "7.2".into(),
-            cpu_model: "qemu64".into(),
-            agent_version: "sim".into(),
-            capacity: Capacity::new(vcpus, vcpus * 1024, vcpus * 10),
-        },
+        info: registration(
+            id,
+            "127.0.0.1",
+            Capacity::new(vcpus, vcpus * 1024, vcpus * 10),
+        ),
     });
 }
 
@@ -104,34 +99,9 @@ fn evacuating_a_host_with_1000_servers_places_each_once_within_capacity_and_para
         .into_iter()
         .collect(),
     });
-    sim.ok(Command::CreateImage(ImageSpec {
-        id: "img".into(),
-        name: "img".into(),
-        owner_project_id: "p".into(),
-        disk_format: DiskFormat::Raw,
-        container_format: ContainerFormat::Bare,
-        visibility: Visibility::Private,
-        min_disk_gib: 0,
-        min_ram_mib: 0,
-        protected: false,
-        properties: BTreeMap::new(),
-    }));
-    sim.ok(Command::BeginImageUpload {
-        image_id: "img".into(),
-        upload_id: "u".into(),
-        controller_id: 1,
-        size_hint: 0,
-    });
-    sim.ok(Command::FinishImageUpload {
-        image_id: "img".into(),
-        upload_id: "u".into(),
-        result: UploadResult::Stored {
-            size_bytes: 1 << 20,
-            virtual_size_bytes: 1 << 20,
-            sha256: "ab".repeat(32),
-            md5: "cd".repeat(16),
-        },
-    });
+    for cmd in stored_image("img", "p", DiskFormat::Raw, Visibility::Private, 1 << 20) {
+        sim.ok(cmd);
+    }
     register(&mut sim, "dead", SERVERS as u64);
     // 12 healthy hosts of 90 vCPUs: 1,080 slots for 1,000 one-vCPU servers.
     let healthy: Vec<String> = (0..12).map(|i| format!("h{i:02}")).collect();
