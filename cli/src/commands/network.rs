@@ -9,40 +9,48 @@ use flotilla_proto::v1::{
 use super::{all_pages, for_each_name, Ctx, Io};
 use crate::client::new_request_id;
 use crate::error::CliError;
-use crate::output;
+use crate::output::{self, Tabular};
 use crate::views::network::{
     FloatingIpView, NetworkView, PortView, RuleView, SecurityGroupView, SubnetView,
 };
+use Reply::{Done, Many, One};
 
-/// Calls one NetworkService method with the connection's retries.
+/// Calls one NetworkService method (or, named first, another client's) with the connection's
+/// retries.
 macro_rules! rpc {
-    ($conn:expr, $request:expr, $method:ident) => {
+    ($client:ident: $conn:expr, $request:expr, $method:ident) => {
         $conn
             .call($request, |ch, req| async move {
-                NetworkServiceClient::new(ch).$method(req).await
+                $client::new(ch).$method(req).await
             })
             .await?
     };
+    ($conn:expr, $request:expr, $method:ident) => {
+        rpc!(NetworkServiceClient: $conn, $request, $method)
+    };
 }
 
-/// Lists every page of one NetworkService List method.
+/// Lists every page of one NetworkService (or, named first, another client's) List method.
 macro_rules! list_all {
-    ($conn:expr, $base:expr, $method:ident, $field:ident) => {{
+    ($client:ident: $conn:expr, $base:expr, $method:ident, $field:ident) => {{
         let conn = $conn;
         let base = $base;
         all_pages(|page_token| {
             let mut request = base.clone();
             request.page_token = page_token;
             async move {
-                let page = rpc!(conn, request, $method);
+                let page = rpc!($client: conn, request, $method);
                 Ok((page.$field, page.next_page_token))
             }
         })
         .await?
     }};
+    ($conn:expr, $base:expr, $method:ident, $field:ident) => {
+        list_all!(NetworkServiceClient: $conn, $base, $method, $field)
+    };
 }
 
-/// Deletes each named resource with its own request id.
+/// Deletes each named resource with its own request id; then there is nothing to print.
 macro_rules! delete_each {
     ($ctx:expr, $io:expr, $names:expr, $what:expr, $req:ident, $field:ident, $method:ident) => {{
         let conn = &$ctx.conn;
@@ -54,8 +62,31 @@ macro_rules! delete_each {
             rpc!(conn, request, $method);
             Ok(())
         })
-        .await
+        .await?;
+        Done
     }};
+}
+
+/// What a command prints: one resource (create, show, set), a list of them, or nothing.
+enum Reply<T> {
+    One(T),
+    Many(Vec<T>),
+    Done,
+}
+
+impl<T> Reply<T> {
+    /// Prints the resource, or the list, as `V`s in the chosen format.
+    fn print<V: Tabular + From<T>>(self, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
+        let text = match self {
+            Reply::One(item) => output::show(ctx.format, &V::from(item))?,
+            Reply::Many(items) => {
+                let views: Vec<V> = items.into_iter().map(V::from).collect();
+                output::list(ctx.format, &views)?
+            }
+            Reply::Done => return Ok(()),
+        };
+        io.print(&text)
+    }
 }
 
 // ---- network ----------------------------------------------------------------------------
@@ -170,8 +201,8 @@ fn flag(on: bool, off: bool) -> Option<bool> {
 }
 
 pub async fn network(cmd: NetworkCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
-    let conn = &ctx.conn;
-    match cmd {
+    let (conn, stale) = (&ctx.conn, ctx.stale);
+    let reply = match cmd {
         NetworkCmd::Create(a) => {
             let network_type = match a.provider_network_type {
                 None => v1::NetworkType::Unspecified,
@@ -192,8 +223,7 @@ pub async fn network(cmd: NetworkCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), 
                 admin_state_up: a.disable.then_some(false),
                 project: a.project.unwrap_or_default(),
             };
-            let n = rpc!(conn, request, create_network);
-            io.print(&output::show(ctx.format, &NetworkView::from(n))?)
+            One(rpc!(conn, request, create_network))
         }
         NetworkCmd::List(a) => {
             let base = v1::ListNetworksRequest {
@@ -201,21 +231,16 @@ pub async fn network(cmd: NetworkCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), 
                 project: a.project.unwrap_or_default(),
                 name: a.name.unwrap_or_default(),
                 external: flag(a.external, a.internal),
-                stale: ctx.stale,
+                stale,
                 ..Default::default()
             };
-            let items = list_all!(conn, base, list_networks, networks);
-            let views: Vec<NetworkView> = items.into_iter().map(Into::into).collect();
-            io.print(&output::list(ctx.format, &views)?)
+            Many(list_all!(conn, base, list_networks, networks))
         }
-        NetworkCmd::Show { network } => {
-            let request = v1::GetNetworkRequest {
-                network,
-                stale: ctx.stale,
-            };
-            let n = rpc!(conn, request, get_network);
-            io.print(&output::show(ctx.format, &NetworkView::from(n))?)
-        }
+        NetworkCmd::Show { network } => One(rpc!(
+            conn,
+            v1::GetNetworkRequest { network, stale },
+            get_network
+        )),
         NetworkCmd::Set(a) => {
             let request = v1::UpdateNetworkRequest {
                 request_id: new_request_id(),
@@ -227,8 +252,7 @@ pub async fn network(cmd: NetworkCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), 
                 external: flag(a.external, a.internal),
                 mtu: a.mtu,
             };
-            let n = rpc!(conn, request, update_network);
-            io.print(&output::show(ctx.format, &NetworkView::from(n))?)
+            One(rpc!(conn, request, update_network))
         }
         NetworkCmd::Delete { networks } => delete_each!(
             ctx,
@@ -239,7 +263,8 @@ pub async fn network(cmd: NetworkCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), 
             network,
             delete_network
         ),
-    }
+    };
+    reply.print::<NetworkView>(ctx, io)
 }
 
 // ---- subnet -----------------------------------------------------------------------------
@@ -349,8 +374,8 @@ pub struct SubnetSetArgs {
 }
 
 pub async fn subnet(cmd: SubnetCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
-    let conn = &ctx.conn;
-    match cmd {
+    let (conn, stale) = (&ctx.conn, ctx.stale);
+    let reply = match cmd {
         SubnetCmd::Create(a) => {
             let request = v1::CreateSubnetRequest {
                 request_id: new_request_id(),
@@ -369,8 +394,7 @@ pub async fn subnet(cmd: SubnetCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), Cl
                 enable_dhcp: a.no_dhcp.then_some(false),
                 ..Default::default()
             };
-            let s = rpc!(conn, request, create_subnet);
-            io.print(&output::show(ctx.format, &SubnetView::from(s))?)
+            One(rpc!(conn, request, create_subnet))
         }
         SubnetCmd::List {
             network,
@@ -379,21 +403,16 @@ pub async fn subnet(cmd: SubnetCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), Cl
             let base = v1::ListSubnetsRequest {
                 all_projects,
                 network: network.unwrap_or_default(),
-                stale: ctx.stale,
+                stale,
                 ..Default::default()
             };
-            let items = list_all!(conn, base, list_subnets, subnets);
-            let views: Vec<SubnetView> = items.into_iter().map(Into::into).collect();
-            io.print(&output::list(ctx.format, &views)?)
+            Many(list_all!(conn, base, list_subnets, subnets))
         }
-        SubnetCmd::Show { subnet } => {
-            let request = v1::GetSubnetRequest {
-                subnet,
-                stale: ctx.stale,
-            };
-            let s = rpc!(conn, request, get_subnet);
-            io.print(&output::show(ctx.format, &SubnetView::from(s))?)
-        }
+        SubnetCmd::Show { subnet } => One(rpc!(
+            conn,
+            v1::GetSubnetRequest { subnet, stale },
+            get_subnet
+        )),
         SubnetCmd::Set(a) => {
             let dns = if a.no_dns_nameservers {
                 Some(Vec::new())
@@ -416,8 +435,7 @@ pub async fn subnet(cmd: SubnetCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), Cl
                 dns_nameservers: dns.map(|nameservers| v1::SubnetDnsNameservers { nameservers }),
                 host_routes: None,
             };
-            let s = rpc!(conn, request, update_subnet);
-            io.print(&output::show(ctx.format, &SubnetView::from(s))?)
+            One(rpc!(conn, request, update_subnet))
         }
         SubnetCmd::Delete { subnets } => delete_each!(
             ctx,
@@ -428,7 +446,8 @@ pub async fn subnet(cmd: SubnetCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), Cl
             subnet,
             delete_subnet
         ),
-    }
+    };
+    reply.print::<SubnetView>(ctx, io)
 }
 
 // ---- port -------------------------------------------------------------------------------
@@ -511,8 +530,8 @@ pub struct PortSetArgs {
 }
 
 pub async fn port(cmd: PortCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
-    let conn = &ctx.conn;
-    match cmd {
+    let (conn, stale) = (&ctx.conn, ctx.stale);
+    let reply = match cmd {
         PortCmd::Create(a) => {
             let request = v1::CreatePortRequest {
                 request_id: new_request_id(),
@@ -532,8 +551,7 @@ pub async fn port(cmd: PortCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliErr
                 port_security_enabled: a.disable_port_security.then_some(false),
                 admin_state_up: a.disable.then_some(false),
             };
-            let p = rpc!(conn, request, create_port);
-            io.print(&output::show(ctx.format, &PortView::from(p))?)
+            One(rpc!(conn, request, create_port))
         }
         PortCmd::List {
             network,
@@ -545,46 +563,23 @@ pub async fn port(cmd: PortCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliErr
             if let Some(server) = server {
                 let base = v1::ListServerPortsRequest {
                     server,
-                    stale: ctx.stale,
+                    stale,
                     ..Default::default()
                 };
-                let items = all_pages(|page_token| {
-                    let mut request = base.clone();
-                    request.page_token = page_token;
-                    async move {
-                        let page = ctx
-                            .conn
-                            .call(request, |ch, req| async move {
-                                ServerServiceClient::new(ch).list_server_ports(req).await
-                            })
-                            .await?;
-                        Ok((page.ports, page.next_page_token))
-                    }
-                })
-                .await?;
-                let views: Vec<PortView> = items.into_iter().map(Into::into).collect();
-                return io.print(&output::list(ctx.format, &views)?);
+                Many(list_all!(ServerServiceClient: conn, base, list_server_ports, ports))
+            } else {
+                let base = v1::ListPortsRequest {
+                    all_projects,
+                    network: network.unwrap_or_default(),
+                    project: project.unwrap_or_default(),
+                    device_owner: device_owner.unwrap_or_default(),
+                    stale,
+                    ..Default::default()
+                };
+                Many(list_all!(conn, base, list_ports, ports))
             }
-            let base = v1::ListPortsRequest {
-                all_projects,
-                network: network.unwrap_or_default(),
-                project: project.unwrap_or_default(),
-                device_owner: device_owner.unwrap_or_default(),
-                stale: ctx.stale,
-                ..Default::default()
-            };
-            let items = list_all!(conn, base, list_ports, ports);
-            let views: Vec<PortView> = items.into_iter().map(Into::into).collect();
-            io.print(&output::list(ctx.format, &views)?)
         }
-        PortCmd::Show { port } => {
-            let request = v1::GetPortRequest {
-                port,
-                stale: ctx.stale,
-            };
-            let p = rpc!(conn, request, get_port);
-            io.print(&output::show(ctx.format, &PortView::from(p))?)
-        }
+        PortCmd::Show { port } => One(rpc!(conn, v1::GetPortRequest { port, stale }, get_port)),
         PortCmd::Set(a) => {
             let groups = if a.no_security_group || a.disable_port_security {
                 Some(Vec::new())
@@ -603,8 +598,7 @@ pub async fn port(cmd: PortCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliErr
                 security_groups: groups
                     .map(|security_groups| v1::PortSecurityGroups { security_groups }),
             };
-            let p = rpc!(conn, request, update_port);
-            io.print(&output::show(ctx.format, &PortView::from(p))?)
+            One(rpc!(conn, request, update_port))
         }
         PortCmd::Delete { ports } => delete_each!(
             ctx,
@@ -615,7 +609,8 @@ pub async fn port(cmd: PortCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliErr
             port,
             delete_port
         ),
-    }
+    };
+    reply.print::<PortView>(ctx, io)
 }
 
 // ---- floating ip ------------------------------------------------------------------------
@@ -687,9 +682,8 @@ pub struct FloatingIpCreateArgs {
 
 pub async fn floating(cmd: FloatingCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
     let FloatingCmd::Ip(cmd) = cmd;
-    let conn = &ctx.conn;
-    let show = |f: v1::FloatingIp| output::show(ctx.format, &FloatingIpView::from(f));
-    match cmd {
+    let (conn, stale) = (&ctx.conn, ctx.stale);
+    let reply = match cmd {
         FloatingIpCmd::Create(a) => {
             let request = v1::CreateFloatingIpRequest {
                 request_id: new_request_id(),
@@ -699,8 +693,7 @@ pub async fn floating(cmd: FloatingCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<()
                 fixed_ip_address: a.fixed_ip_address.unwrap_or_default(),
                 description: a.description.unwrap_or_default(),
             };
-            let f = rpc!(conn, request, create_floating_ip);
-            io.print(&show(f)?)
+            One(rpc!(conn, request, create_floating_ip))
         }
         FloatingIpCmd::List {
             network,
@@ -713,21 +706,16 @@ pub async fn floating(cmd: FloatingCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<()
                 project: project.unwrap_or_default(),
                 floating_network: network.unwrap_or_default(),
                 port: port.unwrap_or_default(),
-                stale: ctx.stale,
+                stale,
                 ..Default::default()
             };
-            let items = list_all!(conn, base, list_floating_ips, floating_ips);
-            let views: Vec<FloatingIpView> = items.into_iter().map(Into::into).collect();
-            io.print(&output::list(ctx.format, &views)?)
+            Many(list_all!(conn, base, list_floating_ips, floating_ips))
         }
-        FloatingIpCmd::Show { floating_ip } => {
-            let request = v1::GetFloatingIpRequest {
-                floating_ip,
-                stale: ctx.stale,
-            };
-            let f = rpc!(conn, request, get_floating_ip);
-            io.print(&show(f)?)
-        }
+        FloatingIpCmd::Show { floating_ip } => One(rpc!(
+            conn,
+            v1::GetFloatingIpRequest { floating_ip, stale },
+            get_floating_ip
+        )),
         FloatingIpCmd::Set {
             floating_ip,
             port,
@@ -758,8 +746,8 @@ pub async fn floating(cmd: FloatingCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<()
                 last = Some(rpc!(conn, request, associate_floating_ip));
             }
             match last {
-                Some(f) => io.print(&show(f)?),
-                None => Ok(()),
+                Some(f) => One(f),
+                None => Done,
             }
         }
         FloatingIpCmd::Unset { floating_ip, .. } => {
@@ -767,8 +755,7 @@ pub async fn floating(cmd: FloatingCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<()
                 request_id: new_request_id(),
                 floating_ip,
             };
-            let f = rpc!(conn, request, disassociate_floating_ip);
-            io.print(&show(f)?)
+            One(rpc!(conn, request, disassociate_floating_ip))
         }
         FloatingIpCmd::Delete { floating_ips } => delete_each!(
             ctx,
@@ -779,7 +766,8 @@ pub async fn floating(cmd: FloatingCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<()
             floating_ip,
             delete_floating_ip
         ),
-    }
+    };
+    reply.print::<FloatingIpView>(ctx, io)
 }
 
 // ---- security group [rule] --------------------------------------------------------------
@@ -903,16 +891,15 @@ fn direction(ingress: bool, egress: bool) -> v1::SecurityGroupRuleDirection {
 
 pub async fn security(cmd: SecurityCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
     let SecurityCmd::Group(cmd) = cmd;
-    let conn = &ctx.conn;
-    match cmd {
+    let (conn, stale) = (&ctx.conn, ctx.stale);
+    let reply = match cmd {
         SecurityGroupCmd::Create { name, description } => {
             let request = v1::CreateSecurityGroupRequest {
                 request_id: new_request_id(),
                 name,
                 description: description.unwrap_or_default(),
             };
-            let g = rpc!(conn, request, create_security_group);
-            io.print(&output::show(ctx.format, &SecurityGroupView::from(g))?)
+            One(rpc!(conn, request, create_security_group))
         }
         SecurityGroupCmd::List {
             all_projects,
@@ -921,21 +908,19 @@ pub async fn security(cmd: SecurityCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<()
             let base = v1::ListSecurityGroupsRequest {
                 all_projects,
                 project: project.unwrap_or_default(),
-                stale: ctx.stale,
+                stale,
                 ..Default::default()
             };
-            let items = list_all!(conn, base, list_security_groups, security_groups);
-            let views: Vec<SecurityGroupView> = items.into_iter().map(Into::into).collect();
-            io.print(&output::list(ctx.format, &views)?)
+            Many(list_all!(conn, base, list_security_groups, security_groups))
         }
-        SecurityGroupCmd::Show { group } => {
-            let request = v1::GetSecurityGroupRequest {
+        SecurityGroupCmd::Show { group } => One(rpc!(
+            conn,
+            v1::GetSecurityGroupRequest {
                 security_group: group,
-                stale: ctx.stale,
-            };
-            let g = rpc!(conn, request, get_security_group);
-            io.print(&output::show(ctx.format, &SecurityGroupView::from(g))?)
-        }
+                stale
+            },
+            get_security_group
+        )),
         SecurityGroupCmd::Set {
             group,
             name,
@@ -947,8 +932,7 @@ pub async fn security(cmd: SecurityCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<()
                 name,
                 description,
             };
-            let g = rpc!(conn, request, update_security_group);
-            io.print(&output::show(ctx.format, &SecurityGroupView::from(g))?)
+            One(rpc!(conn, request, update_security_group))
         }
         SecurityGroupCmd::Delete { groups } => delete_each!(
             ctx,
@@ -959,13 +943,14 @@ pub async fn security(cmd: SecurityCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<()
             security_group,
             delete_security_group
         ),
-        SecurityGroupCmd::Rule(cmd) => rule(cmd, ctx, io).await,
-    }
+        SecurityGroupCmd::Rule(cmd) => return rule(cmd, ctx, io).await,
+    };
+    reply.print::<SecurityGroupView>(ctx, io)
 }
 
 async fn rule(cmd: RuleCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> {
-    let conn = &ctx.conn;
-    match cmd {
+    let (conn, stale) = (&ctx.conn, ctx.stale);
+    let reply = match cmd {
         RuleCmd::Create(a) => {
             let ethertype = match a.ethertype.to_ascii_lowercase().as_str() {
                 "ipv4" => v1::SecurityGroupRuleEthertype::Ipv4,
@@ -999,8 +984,7 @@ async fn rule(cmd: RuleCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> 
                 remote_group: a.remote_group.unwrap_or_default(),
                 description: a.description.unwrap_or_default(),
             };
-            let r = rpc!(conn, request, create_security_group_rule);
-            io.print(&output::show(ctx.format, &RuleView::from(r))?)
+            One(rpc!(conn, request, create_security_group_rule))
         }
         RuleCmd::List {
             group,
@@ -1010,21 +994,16 @@ async fn rule(cmd: RuleCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> 
             let base = v1::ListSecurityGroupRulesRequest {
                 security_group: group.unwrap_or_default(),
                 direction: direction(ingress, egress) as i32,
-                stale: ctx.stale,
+                stale,
                 ..Default::default()
             };
-            let items = list_all!(conn, base, list_security_group_rules, rules);
-            let views: Vec<RuleView> = items.into_iter().map(Into::into).collect();
-            io.print(&output::list(ctx.format, &views)?)
+            Many(list_all!(conn, base, list_security_group_rules, rules))
         }
-        RuleCmd::Show { rule } => {
-            let request = v1::GetSecurityGroupRuleRequest {
-                rule,
-                stale: ctx.stale,
-            };
-            let r = rpc!(conn, request, get_security_group_rule);
-            io.print(&output::show(ctx.format, &RuleView::from(r))?)
-        }
+        RuleCmd::Show { rule } => One(rpc!(
+            conn,
+            v1::GetSecurityGroupRuleRequest { rule, stale },
+            get_security_group_rule
+        )),
         RuleCmd::Delete { rules } => delete_each!(
             ctx,
             io,
@@ -1034,7 +1013,8 @@ async fn rule(cmd: RuleCmd, ctx: &Ctx, io: &mut Io<'_>) -> Result<(), CliError> 
             rule,
             delete_security_group_rule
         ),
-    }
+    };
+    reply.print::<RuleView>(ctx, io)
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
 //! Networking views: networks, subnets, ports, floating IPs, security groups and their rules.
+use std::collections::HashMap;
+
 use flotilla_proto::v1;
 use serde::Serialize;
 
@@ -9,6 +11,17 @@ fn status_name(value: i32) -> String {
     v1::NetworkResourceStatus::try_from(value)
         .map(|s| short_enum(s.as_str_name(), "NETWORK_RESOURCE_STATUS_"))
         .unwrap_or_else(|_| value.to_string())
+}
+
+/// A list row: the values of the `show` fields named in `keys` (separated by spaces), in order.
+fn cells(fields: Vec<(&'static str, String)>, keys: &str) -> Vec<String> {
+    let mut fields: HashMap<_, _> = fields.into_iter().collect();
+    keys.split_whitespace()
+        .map(|key| {
+            debug_assert!(fields.contains_key(key), "no show field `{key}`");
+            fields.remove(key).unwrap_or_default()
+        })
+        .collect()
 }
 
 fn opt(v: Option<u32>) -> String {
@@ -63,15 +76,10 @@ impl Tabular for NetworkView {
         ]
     }
     fn row(&self) -> Vec<String> {
-        vec![
-            self.id.clone(),
-            self.name.clone(),
-            self.network_type.clone(),
-            self.segmentation_id.to_string(),
-            yes_no(self.external),
-            yes_no(self.shared),
-            self.subnet_ids.join(", "),
-        ]
+        cells(
+            self.fields(),
+            "id name network_type segmentation_id external shared subnet_ids",
+        )
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![
@@ -144,13 +152,7 @@ impl Tabular for SubnetView {
         &["ID", "NAME", "NETWORK", "CIDR", "GATEWAY"]
     }
     fn row(&self) -> Vec<String> {
-        vec![
-            self.id.clone(),
-            self.name.clone(),
-            self.network_id.clone(),
-            self.cidr.clone(),
-            self.gateway_ip.clone(),
-        ]
+        cells(self.fields(), "id name network_id cidr gateway_ip")
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![
@@ -223,13 +225,7 @@ impl Tabular for PortView {
         &["ID", "NAME", "MAC", "FIXED IPS", "STATUS"]
     }
     fn row(&self) -> Vec<String> {
-        vec![
-            self.id.clone(),
-            self.name.clone(),
-            self.mac_address.clone(),
-            self.fixed_ips.join(", "),
-            self.status.clone(),
-        ]
+        cells(self.fields(), "id name mac_address fixed_ips status")
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![
@@ -291,13 +287,10 @@ impl Tabular for FloatingIpView {
         &["ID", "FLOATING IP", "FIXED IP", "PORT", "STATUS"]
     }
     fn row(&self) -> Vec<String> {
-        vec![
-            self.id.clone(),
-            self.floating_ip_address.clone(),
-            self.fixed_ip_address.clone(),
-            self.port_id.clone(),
-            self.status.clone(),
-        ]
+        cells(
+            self.fields(),
+            "id floating_ip_address fixed_ip_address port_id status",
+        )
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![
@@ -394,14 +387,10 @@ impl Tabular for RuleView {
         ]
     }
     fn row(&self) -> Vec<String> {
-        vec![
-            self.id.clone(),
-            self.direction.clone(),
-            self.ethertype.clone(),
-            self.protocol.clone(),
-            self.ports(),
-            self.remote(),
-        ]
+        cells(
+            self.fields(),
+            "id direction ethertype protocol ports remote",
+        )
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![
@@ -479,5 +468,24 @@ impl Tabular for SecurityGroupView {
         ];
         f.extend(meta_fields(&self.meta));
         f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cells` asserts (in debug builds) that each key names a show field.
+    #[test]
+    fn list_rows_repeat_show_fields() {
+        fn check<V: Tabular>(view: V) {
+            assert_eq!(view.row().len(), V::columns().len());
+        }
+        check(NetworkView::from(v1::Network::default()));
+        check(SubnetView::from(v1::Subnet::default()));
+        check(PortView::from(v1::Port::default()));
+        check(FloatingIpView::from(v1::FloatingIp::default()));
+        check(RuleView::from(v1::SecurityGroupRule::default()));
+        check(SecurityGroupView::from(v1::SecurityGroup::default()));
     }
 }
