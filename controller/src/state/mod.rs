@@ -14,6 +14,10 @@ mod images;
 mod ipam;
 mod migrations;
 mod model;
+mod net_floating;
+mod net_networks;
+mod net_ports;
+mod net_subnets;
 mod networks;
 mod operations;
 mod outcome;
@@ -47,9 +51,10 @@ pub use migrations::{cancellable, Migration, MoveSpec};
 pub use model::{
     Event, EventAction, Flavor, Member, Meta, Project, Role, RoleAssignment, SigningKey, User,
 };
+pub use net_ports::normalize_mac;
 pub use networks::{
-    normalize_mac, FixedIp, FloatingIp, GatewaySpec, HostRoute, NetCommand, NetOutcome, Network,
-    NetworkSpec, NetworkType, Port, PortSpec, Subnet, SubnetSpec, DEFAULT_VNI_RANGE, MAX_VNI,
+    FixedIp, FloatingIp, GatewaySpec, HostRoute, NetCommand, NetOutcome, Network, NetworkSpec,
+    NetworkType, Port, PortSpec, Subnet, SubnetSpec, DEFAULT_VNI_RANGE, MAX_VNI,
 };
 pub use operations::{ItemState, OpItem, OpState, Operation, Progress};
 pub use outcome::{Outcome, Rejection};

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ipam::{Cidr, Family};
-use super::networks::{change, ok, one, Applied, NetCommand, NetOutcome};
+use super::networks::{change, created, deleted, ok, one, Applied, NetCommand, NetOutcome};
 use super::quota::{Resource, ResourceDelta};
 use super::{EventAction, Meta, Outcome, Rejection, State};
 
@@ -212,21 +212,14 @@ impl State {
                 {
                     self.add_rule(revision, t, &g, rule_id, Direction::Egress, ethertype, "");
                 }
-                let c = change(
-                    "security_group",
-                    &g.id,
-                    &g.name,
-                    EventAction::Created,
-                    &g.project_id,
-                );
-                ok(NetOutcome::SecurityGroup(g), c)
+                created(g)
             }
             NetCommand::UpdateSecurityGroup {
                 group_id,
                 name,
                 description,
             } => {
-                let g = self.group_or_reject(group_id)?.clone();
+                let g = self.net_get::<SecurityGroup>(group_id)?.clone();
                 let mut next = g.clone();
                 if let Some(v) = name {
                     super::validate::name("security group", v).map_err(Rejection::Invalid)?;
@@ -248,24 +241,10 @@ impl State {
                         .map_err(Rejection::Invalid)?;
                     next.description = v.clone();
                 }
-                if next == g {
-                    return Ok((Outcome::Net(Box::new(NetOutcome::SecurityGroup(g))), None));
-                }
-                next.meta.touch(revision, t);
-                self.net
-                    .security_groups
-                    .insert(next.id.clone(), next.clone());
-                let c = change(
-                    "security_group",
-                    &next.id,
-                    &next.name,
-                    EventAction::Updated,
-                    &next.project_id,
-                );
-                ok(NetOutcome::SecurityGroup(next), c)
+                self.store_update(revision, t, g, next)
             }
             NetCommand::DeleteSecurityGroup { group_id } => {
-                let g = self.group_or_reject(group_id)?.clone();
+                let g = self.net_get::<SecurityGroup>(group_id)?.clone();
                 if g.name == DEFAULT_GROUP {
                     return Err(Rejection::FailedPrecondition(format!(
                         "the default security group of a project cannot be deleted ({})",
@@ -307,14 +286,7 @@ impl State {
                 }
                 self.net.security_groups.remove(&g.id);
                 self.release(&g.project_id, &one(Resource::SecurityGroups));
-                let c = change(
-                    "security_group",
-                    &g.id,
-                    &g.name,
-                    EventAction::Deleted,
-                    &g.project_id,
-                );
-                Ok((Outcome::Deleted, Some(c)))
+                deleted(&g)
             }
             NetCommand::CreateSecurityGroupRule(spec) => self.create_rule(revision, t, spec),
             NetCommand::DeleteSecurityGroupRule { rule_id } => {
@@ -436,7 +408,9 @@ impl State {
     }
 
     fn create_rule(&mut self, revision: u64, t: i64, spec: &RuleSpec) -> Applied {
-        let g = self.group_or_reject(&spec.security_group_id)?.clone();
+        let g = self
+            .net_get::<SecurityGroup>(&spec.security_group_id)?
+            .clone();
         self.project_enabled(&g.project_id)?;
         super::validate::description("security group rule", &spec.description)
             .map_err(Rejection::Invalid)?;
@@ -510,13 +484,6 @@ impl State {
             &r.project_id,
         );
         ok(NetOutcome::SecurityGroupRule(r), c)
-    }
-
-    fn group_or_reject(&self, id: &str) -> Result<&SecurityGroup, Rejection> {
-        self.net
-            .security_groups
-            .get(id)
-            .ok_or_else(|| Rejection::not_found("security group", id))
     }
 
     fn group_named(&self, project_id: &str, name: &str) -> Option<&SecurityGroup> {
